@@ -1,0 +1,291 @@
+"""Dataset readers: label lists of each supported format -> one canonical video table.
+
+The canonical table (a pandas DataFrame, one row per video, rows in file order) has columns
+``video_id`` (str), ``path`` (absolute video path or None), ``labels`` (list of class indices)
+and ``split`` ("train" | "val" | "test"). Every reader validates what it reads; a bad line is a
+:class:`DatasetError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from manifests.errors import DatasetError, UserError
+
+SPLITS = ("train", "val", "test")
+FORMATS = ("demo", "videolt", "minikinetics", "kinetics_csv", "csv")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg")
+# Video ids become file names and HDF5 keys: letters, digits, '_', '-', '.'; no path parts.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,199}$")
+_SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validate": "val",
+                  "validation": "val", "test": "test"}
+
+
+@dataclass
+class Dataset:
+    """A dataset read into the canonical form."""
+
+    videos: pd.DataFrame
+    class_names: list
+    label_files: dict  # name -> Path of every file read (hashed by the ingest manifest)
+    declared_train_counts: np.ndarray | None = None  # e.g. VideoLT's count-labels-train.lst
+    warnings: list = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def check_video_id(video_id: str, path, line: int) -> str:
+    """Return ``video_id`` if it is safe as a file name and HDF5 key, else raise."""
+    if not _SAFE_ID.match(video_id) or ".." in video_id:
+        raise DatasetError(path, line, f"unsafe video id {video_id!r}: ids may contain only letters, "
+                           "digits, '_', '-' and '.', must not contain '..' and must be at most 200 chars")
+    return video_id
+
+
+def _parse_labels(text: str, sep: str, num_classes: int | None, path, line: int) -> list:
+    parts = [p for p in text.strip().split(sep)]
+    if parts and parts[-1] == "":  # tolerate one trailing separator (VideoLT *_videofolder.txt style)
+        parts = parts[:-1]
+    if not parts:
+        raise DatasetError(path, line, "no labels")
+    labels = []
+    for part in parts:
+        try:
+            label = int(part)
+        except ValueError:
+            raise DatasetError(path, line, f"label {part!r} is not a class index (labels are "
+                               f"{sep!r}-separated integers)") from None
+        if label < 0 or (num_classes is not None and label >= num_classes):
+            raise DatasetError(path, line, f"class index {label} out of range 0..{num_classes - 1}"
+                               if num_classes is not None else f"negative class index {label}")
+        if label in labels:
+            raise DatasetError(path, line, f"class index {label} listed twice")
+        labels.append(label)
+    return labels
+
+
+def _read_lines(path: Path):
+    """Yield (line number, stripped text) for the non-blank lines of a text file."""
+    if not path.is_file():
+        raise UserError(f"label file not found: {path}")
+    with open(path, encoding="utf-8") as handle:
+        for number, text in enumerate(handle, start=1):
+            text = text.strip()
+            if text:
+                yield number, text
+
+
+def _read_id_label_list(path: Path, sep: str, num_classes: int | None, split: str) -> list:
+    """Rows of a ``<video_id> <labels>`` list (VideoLT ``train.lst``, MOVE's ``train.lst``)."""
+    rows = []
+    for number, text in _read_lines(path):
+        fields = text.split()
+        if len(fields) != 2:
+            raise DatasetError(path, number, f"expected '<video_id> <labels>' (2 fields), got {len(fields)}")
+        video_id = check_video_id(fields[0], path, number)
+        rows.append((video_id, _parse_labels(fields[1], sep, num_classes, path, number), split,
+                     (path, number)))
+    return rows
+
+
+def _table(rows: list, video_paths: dict) -> pd.DataFrame:
+    """Canonical table from ``(id, labels, split, (file, line))`` rows; checks duplicate ids."""
+    seen = {}
+    for video_id, _, split, where in rows:
+        if video_id in seen:
+            first_split, (first_file, first_line) = seen[video_id]
+            what = "listed twice" if first_split == split else f"in two splits ({first_split}, {split})"
+            raise DatasetError(where[0], where[1], f"video id {video_id!r} {what}; first at "
+                               f"{first_file}:{first_line}")
+        seen[video_id] = (split, where)
+    return pd.DataFrame({
+        "video_id": [r[0] for r in rows],
+        "path": pd.Series([video_paths.get(r[0]) for r in rows], dtype=object),
+        "labels": [r[1] for r in rows],
+        "split": [r[2] for r in rows],
+    })
+
+
+def index_video_files(videos_dir: str | Path | None) -> dict:
+    """Map ``<id>`` to the absolute path of ``<id>.<ext>`` under ``videos_dir`` (searched recursively)."""
+    if videos_dir is None:
+        return {}
+    root = Path(videos_dir)
+    if not root.is_dir():
+        raise UserError(f"dataset.videos: {root} is not a directory; point it at the folder of "
+                        "<video_id>.<ext> files or leave it unset")
+    found = {}
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file():
+            if path.stem in found:
+                raise UserError(f"two video files for id {path.stem!r}: {found[path.stem]} and {path}; "
+                                "keep one")
+            found[path.stem] = str(path.resolve())
+    return found
+
+
+def read_videolt(root: str | Path, videos_dir=None) -> Dataset:
+    """VideoLT label lists: ``count-labels-train.lst``, ``train.lst``, ``validate.lst``, ``test.lst``."""
+    root = Path(root)
+    counts_file = root / "count-labels-train.lst"
+    names, declared = {}, {}
+    for number, text in _read_lines(counts_file):
+        fields = text.split()
+        if len(fields) != 3:
+            raise DatasetError(counts_file, number, "expected '<ClassName> <index> <count>' (3 fields), "
+                               f"got {len(fields)}")
+        try:
+            index, count = int(fields[1]), float(fields[2])
+        except ValueError:
+            raise DatasetError(counts_file, number, f"index {fields[1]!r} / count {fields[2]!r} "
+                               "are not numbers") from None
+        if index in names:
+            raise DatasetError(counts_file, number, f"class index {index} listed twice")
+        names[index], declared[index] = fields[0], count
+    num_classes = len(names)
+    if sorted(names) != list(range(num_classes)):
+        missing = sorted(set(range(num_classes)) - set(names))[:5]
+        raise DatasetError(counts_file, None, f"class indices must be 0..{num_classes - 1}; missing {missing}")
+    lists = {"train": root / "train.lst", "val": root / "validate.lst", "test": root / "test.lst"}
+    rows = []
+    for split, path in lists.items():
+        rows += _read_id_label_list(path, ",", num_classes, split)
+    dataset = Dataset(
+        videos=_table(rows, index_video_files(videos_dir)),
+        class_names=[names[i] for i in range(num_classes)],
+        label_files={"count-labels-train.lst": counts_file, **{p.name: p for p in lists.values()}},
+        declared_train_counts=np.array([declared[i] for i in range(num_classes)]),
+    )
+    actual = label_counts(dataset.videos[dataset.videos.split == "train"].labels, num_classes)
+    mismatched = np.flatnonzero(actual != dataset.declared_train_counts)
+    if len(mismatched):
+        dataset.warnings.append(f"{counts_file}: declared counts differ from train.lst for "
+                                f"{len(mismatched)} classes (e.g. class {mismatched[0]}); using train.lst")
+    return dataset
+
+
+def read_minikinetics(root: str | Path, videos_dir=None) -> Dataset:
+    """MOVE's Mini-Kinetics-200 lists: ``train.lst``, ``val.lst`` (``<clip_id> <class>``).
+
+    Class names come from ``kinetics_train.csv`` when present (index = alphabetical order of the
+    class names, as the reference's class_to_idx); otherwise ``class_000``, ``class_001``, ...
+    """
+    root = Path(root)
+    lists = {"train": root / "train.lst", "val": root / "val.lst"}
+    label_files = {p.name: p for p in lists.values()}
+    names = None
+    csv_path = root / "kinetics_train.csv"
+    if csv_path.exists():
+        names = sorted({row["label"] for row in _read_csv(csv_path, required=("label",))})
+        label_files[csv_path.name] = csv_path
+    rows = []
+    for split, path in lists.items():
+        rows += _read_id_label_list(path, ",", len(names) if names else None, split)
+    for video_id, labels, _, where in rows:
+        if len(labels) != 1:
+            raise DatasetError(where[0], where[1], f"MiniKinetics clips have one class, got {labels}")
+    if names is None:
+        num_classes = 1 + max(r[1][0] for r in rows)
+        names = [f"class_{i:03d}" for i in range(num_classes)]
+    return Dataset(_table(rows, index_video_files(videos_dir)), names, label_files)
+
+
+def _read_csv(path: Path, required: tuple) -> list:
+    """Rows of a CSV as dicts (with ``_line``), checking the required header columns."""
+    if not path.is_file():
+        raise UserError(f"CSV file not found: {path}")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(path, 1, f"missing column(s) {missing}; the header must include {list(required)}")
+        rows = []
+        for row in reader:
+            if None in row or any(v is None for v in row.values()):
+                raise DatasetError(path, reader.line_num, "wrong number of fields")
+            row["_line"] = reader.line_num
+            rows.append(row)
+    return rows
+
+
+def _read_class_names(path: str | Path | None) -> list | None:
+    if path is None:
+        return None
+    names = [text for _, text in _read_lines(Path(path))]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DatasetError(path, None, f"class name(s) listed twice: {duplicates[:5]}")
+    return names
+
+
+def _split_of(value: str, path, line: int) -> str:
+    split = _SPLIT_ALIASES.get(value.strip().lower())
+    if split is None:
+        raise DatasetError(path, line, f"unknown split {value!r}; use one of train, val, test")
+    return split
+
+
+def read_kinetics_csv(csv_path: str | Path, class_names=None, videos_dir=None) -> Dataset:
+    """Kinetics CSV (``label,youtube_id,time_start,time_end,split``); id ``<ytid>_<start:06d>_<end:06d>``.
+
+    Class index = position in ``class_names`` (a file, one name per line) or, without it, the
+    alphabetical order of the labels in the CSV.
+    """
+    csv_path = Path(csv_path)
+    records = _read_csv(csv_path, required=("label", "youtube_id", "time_start", "time_end", "split"))
+    names = _read_class_names(class_names) or sorted({r["label"] for r in records})
+    index = {name: i for i, name in enumerate(names)}
+    rows = []
+    for r in records:
+        line = r["_line"]
+        if r["label"] not in index:
+            raise DatasetError(csv_path, line, f"unknown class name {r['label']!r} (not in {class_names})")
+        try:
+            start, end = int(float(r["time_start"])), int(float(r["time_end"]))
+        except ValueError:
+            raise DatasetError(csv_path, line, "time_start/time_end are not numbers") from None
+        video_id = check_video_id(f"{r['youtube_id']}_{start:06d}_{end:06d}", csv_path, line)
+        rows.append((video_id, [index[r["label"]]], _split_of(r["split"], csv_path, line), (csv_path, line)))
+    label_files = {csv_path.name: csv_path}
+    if class_names is not None:
+        label_files["class_names"] = Path(class_names)
+    return Dataset(_table(rows, index_video_files(videos_dir)), names, label_files)
+
+
+def read_generic_csv(csv_path: str | Path, class_names=None) -> Dataset:
+    """Generic CSV ``video_id,path,labels,split``: labels ``;``-separated class indices.
+
+    ``path`` is relative to the CSV's folder (or absolute; empty when there is no video file).
+    """
+    csv_path = Path(csv_path)
+    records = _read_csv(csv_path, required=("video_id", "path", "labels", "split"))
+    names = _read_class_names(class_names)
+    num_classes = len(names) if names else None
+    rows, paths = [], {}
+    for r in records:
+        line = r["_line"]
+        video_id = check_video_id(r["video_id"].strip(), csv_path, line)
+        labels = _parse_labels(r["labels"], ";", num_classes, csv_path, line)
+        rows.append((video_id, labels, _split_of(r["split"], csv_path, line), (csv_path, line)))
+        if r["path"].strip():
+            paths[video_id] = str((csv_path.parent / r["path"].strip()).resolve())
+    if names is None:
+        names = [f"class_{i}" for i in range(1 + max((max(r[1]) for r in rows), default=-1))]
+    label_files = {csv_path.name: csv_path}
+    if class_names is not None:
+        label_files["class_names"] = Path(class_names)
+    return Dataset(_table(rows, paths), names, label_files)
+
+
+def label_counts(labels, num_classes: int) -> np.ndarray:
+    """Per-class label-instance counts (a multi-label video counts once for each of its labels)."""
+    flat = [label for row in labels for label in row]
+    return np.bincount(np.asarray(flat, dtype=np.int64), minlength=num_classes)

@@ -1,0 +1,165 @@
+"""The stage manifest: what a stage made, from which inputs, under which config.
+
+A stage's output directory holds ``manifest.json`` plus the data it produced. The manifest is
+written atomically and only when the stage finished; its presence with the same config hash,
+the same input hashes and intact outputs means the stage is done (skip it). Paths inside the work
+directory are relative to the manifest's directory, so a work directory can be moved or mounted
+elsewhere; files outside it (datasets) are recorded with absolute paths.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from manifests.errors import UserError
+from manifests.files import portable_path, sha256_file, sha256_json, write_json_atomic
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+# Outputs up to this size get a sha256 in the manifest ("where cheap"); larger ones only a size.
+HASH_OUTPUTS_UP_TO_BYTES = 16 * 1024 * 1024
+
+
+def package_version() -> str:
+    """The installed version of this product."""
+    try:
+        return metadata.version("vltr-pipeline")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass
+class Manifest:
+    """The contents of one ``manifest.json``."""
+
+    stage: str
+    config: dict
+    config_hash: str
+    inputs: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    created_at: str = ""
+    package_version: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass
+class Freshness:
+    """Whether a stage's manifest still describes its current inputs and config."""
+
+    state: str  # "missing" | "fresh" | "stale"
+    reasons: list = field(default_factory=list)
+
+    @property
+    def fresh(self) -> bool:
+        return self.state == "fresh"
+
+
+def config_hash(config: dict) -> str:
+    """Hash of a stage's resolved config (canonical JSON)."""
+    return sha256_json(config)
+
+
+def input_records(stage_dir: Path, inputs: dict) -> dict:
+    """``{name: {"path": portable path, "sha256": digest}}`` for input files ``{name: Path}``."""
+    return {name: {"path": portable_path(path, stage_dir), "sha256": sha256_file(path)}
+            for name, path in sorted(inputs.items())}
+
+
+def build_manifest(stage: str, stage_dir: Path, config: dict, inputs: dict, outputs: list,
+                   summary: dict) -> Manifest:
+    """Describe a finished stage: hashes its inputs and outputs (outputs relative to stage_dir)."""
+    stage_dir = Path(stage_dir)
+    output_records = {}
+    for name in sorted(outputs):
+        path = stage_dir / name
+        size = path.stat().st_size
+        record = {"size": size}
+        if size <= HASH_OUTPUTS_UP_TO_BYTES:
+            record["sha256"] = sha256_file(path)
+        output_records[name] = record
+    return Manifest(
+        stage=stage,
+        config=config,
+        config_hash=config_hash(config),
+        inputs=input_records(stage_dir, inputs),
+        outputs=output_records,
+        summary=summary,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        package_version=package_version(),
+    )
+
+
+def write_manifest(stage_dir: Path, manifest: Manifest) -> Path:
+    """Write ``<stage_dir>/manifest.json`` atomically; returns its path."""
+    path = Path(stage_dir) / MANIFEST_NAME
+    write_json_atomic(path, asdict(manifest))
+    return path
+
+
+def manifest_path(stage_dir: Path) -> Path:
+    return Path(stage_dir) / MANIFEST_NAME
+
+
+def read_manifest(stage_dir: Path) -> Manifest | None:
+    """The manifest in ``stage_dir``, or None when the stage has not finished there."""
+    path = manifest_path(stage_dir)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Manifest(**data)
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not a valid manifest ({exc}); delete it or re-run the stage "
+                        "with --force") from exc
+
+
+def freshness(stage_dir: Path, config: dict, inputs: dict) -> Freshness:
+    """Compare the manifest in ``stage_dir`` with the current config and input files.
+
+    ``inputs`` maps input names to the files they are now (e.g. upstream manifests). Stale
+    reasons name what changed: config, an input's content, an input added/removed, or an
+    output missing/changed size on disk.
+    """
+    stage_dir = Path(stage_dir)
+    manifest = read_manifest(stage_dir)
+    if manifest is None:
+        return Freshness("missing", ["not run yet"])
+    reasons = []
+    if manifest.schema_version != SCHEMA_VERSION:
+        reasons.append(f"manifest schema {manifest.schema_version} != {SCHEMA_VERSION}")
+    if manifest.config_hash != config_hash(config):
+        changed = _changed_keys(manifest.config, config)
+        reasons.append("config changed" + (f" ({', '.join(changed)})" if changed else ""))
+    for name in sorted(set(manifest.inputs) | set(inputs)):
+        if name not in inputs:
+            reasons.append(f"input {name!r} is gone")
+        elif name not in manifest.inputs:
+            reasons.append(f"new input {name!r}")
+        elif not Path(inputs[name]).exists():
+            reasons.append(f"input {name!r} missing: {inputs[name]}")
+        elif sha256_file(inputs[name]) != manifest.inputs[name]["sha256"]:
+            reasons.append(f"input {name!r} changed since this stage ran ({inputs[name]})")
+    for name, record in manifest.outputs.items():
+        path = stage_dir / name
+        if not path.exists():
+            reasons.append(f"output missing: {name}")
+        elif path.stat().st_size != record["size"]:
+            reasons.append(f"output changed on disk: {name}")
+    return Freshness("stale" if reasons else "fresh", reasons)
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list:
+    """Dotted keys whose values differ between two nested config dicts."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}")
+    return changed

@@ -1,0 +1,164 @@
+"""Run configuration: YAML files with defaults, ``--set key=value`` overrides, strict validation.
+
+Every section rejects unknown keys; a mistake is reported as one message naming the key and the
+valid ones. Relative paths are taken relative to the current directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from extract.config import ExtractConfig
+from manifests.errors import UserError
+
+PACKAGE_CONFIGS = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = "demo"
+# (head, tail) thresholds of the class groups when split.head / split.tail are not set.
+DEFAULT_GROUP_THRESHOLDS = {"minikinetics": (300, 40), "demo": (15, 5)}
+FALLBACK_GROUP_THRESHOLDS = (500, 100)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(Section):
+    """Where the labels (and optionally the videos) are, and in which format."""
+
+    format: Literal["demo", "videolt", "minikinetics", "kinetics_csv", "csv"] = "demo"
+    root: str | None = Field(None, description="videolt/minikinetics: folder of label lists; "
+                             "csv/kinetics_csv: the CSV file; demo: where to generate (default <work_dir>/demo-data)")
+    videos: str | None = Field(None, description="folder of <video_id>.<ext> files (videolt, minikinetics, kinetics_csv)")
+    class_names: str | None = Field(None, description="file with one class name per line (csv, kinetics_csv)")
+    demo_seed: int = Field(0, description="seed of the generated demo videos")
+
+
+class SplitConfig(Section):
+    """How the train/val/test membership and class groups are built."""
+
+    profile: Literal["auto", "given", "minikinetics", "exp", "step"] = Field(
+        "auto", description="auto: minikinetics for dataset.format=minikinetics, else given")
+    imbalance: float = Field(0.01, gt=0, le=1, description="n_min / n_max of the minikinetics/exp/step profiles")
+    max_per_class: int | None = Field(None, gt=0, description="n_max of exp/step (default: the largest class)")
+    seed: int | None = Field(None, description="seed of exp/step selection (default: the top-level seed)")
+    head: int | None = Field(None, ge=0, description="head: train count > head "
+                             "(default 500; minikinetics 300; demo 15)")
+    tail: int | None = Field(None, ge=0, description="tail: train count <= tail "
+                             "(default 100; minikinetics 40; demo 5)")
+
+
+class Config(Section):
+    """The whole run configuration."""
+
+    work_dir: str = "runs/demo"
+    seed: int = 2021
+    dataset: DatasetConfig = DatasetConfig()
+    extract: ExtractConfig = ExtractConfig()
+    split: SplitConfig = SplitConfig()
+
+
+def resolve_config_file(name_or_path: str) -> Path:
+    """A config given as a path, or as a name found in ./configs/ or the package's configs."""
+    candidates = [Path(name_or_path)]
+    if not name_or_path.endswith((".yaml", ".yml")):
+        candidates += [Path("configs") / f"{name_or_path}.yaml", PACKAGE_CONFIGS / f"{name_or_path}.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    names = sorted({p.stem for d in (Path("configs"), PACKAGE_CONFIGS) if d.is_dir() for p in d.glob("*.yaml")})
+    raise UserError(f"config {name_or_path!r} not found (looked at {', '.join(map(str, candidates))}); "
+                    f"give a YAML file or one of: {', '.join(names)}")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config must be a mapping of sections (dataset:, extract:, ...)")
+    return data
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override (value parsed as YAML) to a nested dict."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {assignment!r}: expected key=value, e.g. --set split.imbalance=0.1")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {assignment!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(config: str | None = None, overrides: tuple = (), work_dir: str | None = None) -> Config:
+    """Read a config (default: the demo), apply overrides and ``--work-dir``, validate."""
+    path = resolve_config_file(config or DEFAULT_CONFIG)
+    data = _read_yaml(path)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    if work_dir is not None:
+        data["work_dir"] = work_dir
+    return validate(data, source=f"config {path}" + (" with --set overrides" if overrides else ""))
+
+
+def validate(data: dict, source: str = "config") -> Config:
+    """Build a :class:`Config`, turning validation errors into one readable message."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(f"invalid {source}:\n" + "\n".join(
+            "  " + _describe(error) for error in exc.errors())) from None
+
+
+def _describe(error: dict) -> str:
+    loc = [str(p) for p in error["loc"]]
+    key = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        valid = ", ".join(model.model_fields) if model else "?"
+        return f"unknown key {key!r}; valid keys here: {valid}"
+    given = error.get("input")
+    return f"{key}: {error['msg']} (got {given!r})"
+
+
+def _model_at(loc: list):
+    model = Config
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def group_thresholds(cfg: Config) -> tuple:
+    """The (head, tail) thresholds in force: split.head/tail, else the dataset format's defaults."""
+    head, tail = DEFAULT_GROUP_THRESHOLDS.get(cfg.dataset.format, FALLBACK_GROUP_THRESHOLDS)
+    return (cfg.split.head if cfg.split.head is not None else head,
+            cfg.split.tail if cfg.split.tail is not None else tail)
+
+
+def split_profile(cfg: Config) -> str:
+    """split.profile with ``auto`` resolved."""
+    if cfg.split.profile != "auto":
+        return cfg.split.profile
+    return "minikinetics" if cfg.dataset.format == "minikinetics" else "given"
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (what ``python -m pipeline config`` prints)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,137 @@
+"""Run orchestration: skip what is done, detect what is stale, run the rest, write manifests."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from manifests.errors import UserError
+from manifests.files import resolve_portable
+from manifests.manifest import (Freshness, build_manifest, freshness, manifest_path,
+                                read_manifest, write_manifest)
+from pipeline.config import Config
+from pipeline.stages import ORDER, STAGES, RunOptions
+
+log = logging.getLogger("pipeline")
+EXTERNAL_PREFIX = "file:"  # manifest input keys of files read from outside the work dir
+
+
+def stage_inputs(name: str, work_dir: Path) -> dict:
+    """The files a stage's freshness depends on: upstream manifests, and for stages that read
+    files outside the work dir (ingest) the files its manifest recorded."""
+    stage = STAGES[name]
+    inputs = {}
+    for upstream in stage.needs + stage.uses:
+        path = manifest_path(work_dir / upstream)
+        if upstream in stage.needs or path.exists():
+            inputs[f"{upstream}/manifest.json"] = path
+    manifest = read_manifest(work_dir / name)
+    if manifest is not None:
+        for key, record in manifest.inputs.items():
+            if key.startswith(EXTERNAL_PREFIX):
+                inputs[key] = resolve_portable(record["path"], work_dir / name)
+    return inputs
+
+
+def stage_state(name: str, cfg: Config | None, work_dir: Path) -> Freshness:
+    """Freshness of one stage against the current config (or, without one, its recorded config)."""
+    stage = STAGES[name]
+    stage_dir = work_dir / name
+    if cfg is not None:
+        settings = stage.settings(cfg)
+    else:
+        manifest = read_manifest(stage_dir)
+        settings = manifest.config if manifest else {}
+    return freshness(stage_dir, settings, stage_inputs(name, work_dir))
+
+
+def run_pipeline(cfg: Config, stage: str = "all", options: RunOptions | None = None) -> dict:
+    """Run one stage or the whole chain; returns ``{stage: "ran" | "skipped" | "not built"}``."""
+    options = options or RunOptions()
+    work_dir = Path(cfg.work_dir)
+    names = ORDER if stage == "all" else (stage,)
+    outcome = {}
+    for name in names:
+        if STAGES[name].run is None:
+            if stage != "all":
+                raise UserError(f"the {name} stage is not built yet in this version; available stages: "
+                                + ", ".join(n for n in ORDER if STAGES[n].run))
+            log.info("%-8s not built yet in this version: stopping here (later stages need its output)", name)
+            outcome.update({n: "not built" for n in names[names.index(name):]})
+            break
+        if stage != "all":
+            _prepare_upstream(name, cfg, work_dir, options)
+        outcome[name] = _run_stage(name, cfg, work_dir, options)
+    return outcome
+
+
+def _prepare_upstream(name: str, cfg: Config, work_dir: Path, options: RunOptions) -> None:
+    """Before a single stage: run ingest if needed (it is the cheap front of every chain) and
+    refuse to build on a missing or stale upstream stage."""
+    for upstream in STAGES[name].needs + STAGES[name].uses:
+        if upstream == "ingest":
+            _run_stage("ingest", cfg, work_dir, options)
+            continue
+        state = stage_state(upstream, cfg, work_dir)
+        if state.state == "missing" and upstream in STAGES[name].uses:
+            continue
+        if not state.fresh:
+            what = "has not run" if state.state == "missing" else f"is stale ({'; '.join(state.reasons)})"
+            raise UserError(f"stage {name!r} needs {upstream!r}, which {what} in {work_dir}; run "
+                            f"`python -m pipeline run --stage {upstream}` with the same config first, "
+                            "or `--stage all`")
+
+
+def _run_stage(name: str, cfg: Config, work_dir: Path, options: RunOptions) -> str:
+    stage = STAGES[name]
+    stage_dir = work_dir / name
+    state = stage_state(name, cfg, work_dir)
+    if state.fresh and not options.force and not (name == "extract" and (options.retry_failed or options.repair)):
+        log.info("%-8s up to date, skipped (%s)", name, _brief(read_manifest(stage_dir).summary))
+        return "skipped"
+    if state.state == "stale":
+        if options.no_rerun:
+            raise UserError(f"stage {name!r} in {stage_dir} is stale: {'; '.join(state.reasons)}; "
+                            "re-run without --no-rerun to rebuild it")
+        log.info("%-8s stale (%s): re-running", name, "; ".join(state.reasons))
+    log.info("%-8s running: %s", name, stage.description)
+    started = time.perf_counter()
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path(stage_dir).unlink(missing_ok=True)  # a stage being rebuilt is not done
+    result = stage.run(cfg, stage_dir, work_dir, options)
+    result.summary["seconds"] = round(time.perf_counter() - started, 3)
+    inputs = {key: path for key, path in stage_inputs(name, work_dir).items()
+              if not key.startswith(EXTERNAL_PREFIX)}
+    inputs.update({EXTERNAL_PREFIX + key: path for key, path in result.external_inputs.items()})
+    manifest = build_manifest(name, stage_dir, stage.settings(cfg), inputs, result.outputs, result.summary)
+    write_manifest(stage_dir, manifest)
+    log.info("%-8s done in %.1f s (%s) -> %s", name, result.summary["seconds"], _brief(result.summary), stage_dir)
+    return "ran"
+
+
+def _brief(summary: dict) -> str:
+    """A one-line digest of a stage summary (counts only)."""
+    parts = []
+    for key in ("num_classes", "videos", "groups", "ok", "failed"):
+        value = summary.get(key)
+        if isinstance(value, dict):
+            parts.append(f"{key} " + "/".join(f"{k} {v}" for k, v in value.items()))
+        elif value is not None:
+            parts.append(f"{key} {value}")
+    return ", ".join(parts)
+
+
+def status_rows(cfg: Config | None, work_dir: Path) -> list:
+    """One row per stage: name, state, created_at, digest, reasons."""
+    rows = []
+    for name in ORDER:
+        if STAGES[name].run is None:
+            rows.append((name, "not built", "", "", ""))
+            continue
+        state = stage_state(name, cfg, work_dir)
+        manifest = read_manifest(work_dir / name)
+        rows.append((name, {"fresh": "done"}.get(state.state, state.state),
+                     manifest.created_at if manifest else "", _brief(manifest.summary) if manifest else "",
+                     "; ".join(state.reasons) if state.state == "stale" else ""))
+    return rows

@@ -1,0 +1,191 @@
+"""The stage graph: what each stage needs, which config it depends on, and how it runs.
+
+Stages talk only through the manifests and tables they leave in ``<work_dir>/<stage>/``.
+Heavy imports (torch, decoders) happen inside the stage that needs them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from manifests import datasets, splits, tables
+from manifests.errors import UserError
+from manifests.files import read_table, write_table
+from manifests.groups import GROUPS, assign_groups
+from pipeline.config import Config, group_thresholds, split_profile
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass
+class RunOptions:
+    """Command-line switches that change how (not what) a stage runs."""
+
+    force: bool = False
+    no_rerun: bool = False
+    retry_failed: bool = False
+    repair: bool = False
+    progress: bool = True
+
+
+@dataclass
+class StageResult:
+    """What a finished stage reports: its output files (relative), summary and extra inputs."""
+
+    outputs: list
+    summary: dict
+    external_inputs: dict = field(default_factory=dict)  # name -> Path of files read outside the work dir
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    description: str
+    needs: tuple = ()  # upstream stages whose manifests are required inputs
+    uses: tuple = ()  # upstream stages whose manifests are inputs when they exist
+    settings: Callable[[Config], dict] | None = None  # the config its outputs depend on
+    run: Callable | None = None  # (cfg, stage_dir, work_dir, options) -> StageResult; None = not built
+
+
+# ---------------------------------------------------------------------------------------- ingest
+
+def demo_root(cfg: Config) -> Path:
+    """Where the demo videos live: dataset.root, else <work_dir>/demo-data."""
+    return Path(cfg.dataset.root) if cfg.dataset.root else Path(cfg.work_dir) / "demo-data"
+
+
+def load_dataset(cfg: Config, progress: bool = False) -> datasets.Dataset:
+    """Read the configured dataset (generating the demo videos first for ``format: demo``)."""
+    d = cfg.dataset
+    if d.format == "demo":
+        from pipeline.demo_data import generate_demo
+
+        root = generate_demo(demo_root(cfg), seed=d.demo_seed, progress=progress)
+        return datasets.read_generic_csv(root / "labels.csv", root / "class_names.txt")
+    if d.root is None:
+        raise UserError(f"dataset.root is required for dataset.format={d.format}: set it in the config "
+                        f"or with --set dataset.root=PATH")
+    root = Path(d.root)
+    if d.format in ("videolt", "minikinetics") and not root.is_dir():
+        raise UserError(f"dataset.root: {root} is not a folder with the {d.format} label lists")
+    if d.format == "videolt":
+        return datasets.read_videolt(root, d.videos)
+    if d.format == "minikinetics":
+        return datasets.read_minikinetics(root, d.videos)
+    if d.format == "kinetics_csv":
+        return datasets.read_kinetics_csv(root, d.class_names, d.videos)
+    return datasets.read_generic_csv(root, d.class_names)
+
+
+def run_ingest(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
+    dataset = load_dataset(cfg, progress=options.progress)
+    for warning in dataset.warnings:
+        log.warning("warning: %s", warning)
+    outputs = tables.write_ingest_tables(stage_dir, dataset.videos, dataset.class_names)
+    videos = dataset.videos
+    summary = {
+        "format": cfg.dataset.format,
+        "num_classes": dataset.num_classes,
+        "videos": {s: int((videos.split == s).sum()) for s in datasets.SPLITS},
+        "with_video_file": int(videos.path.notna().sum()),
+        "multi_label_videos": int((videos.labels.map(len) > 1).sum()),
+        "warnings": dataset.warnings,
+    }
+    return StageResult(outputs, summary, external_inputs=dataset.label_files)
+
+
+# ----------------------------------------------------------------------------------------- split
+
+def split_settings(cfg: Config) -> dict:
+    profile = split_profile(cfg)
+    head, tail = group_thresholds(cfg)
+    settings = {"profile": profile, "head": head, "tail": tail}
+    if profile != "given":
+        settings["imbalance"] = cfg.split.imbalance
+    if profile in ("exp", "step"):
+        settings["max_per_class"] = cfg.split.max_per_class
+        settings["seed"] = cfg.split.seed if cfg.split.seed is not None else cfg.seed
+    return settings
+
+
+def videos_with_features(work_dir: Path) -> pd.DataFrame | None:
+    """The extract stage's per-video status table, or None when nothing was extracted."""
+    path = work_dir / "extract" / tables.VIDEOS
+    if not (work_dir / "extract" / "manifest.json").exists():
+        return None
+    return read_table(path)
+
+
+def run_split(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
+    settings = split_settings(cfg)
+    videos = tables.read_ingest_videos(work_dir / "ingest")
+    classes = tables.read_classes(work_dir / "ingest")
+    num_classes = len(classes)
+    dropped = pd.DataFrame({"video_id": pd.Series(dtype=str), "split": pd.Series(dtype=str),
+                            "reason": pd.Series(dtype=str)})
+    extracted = videos_with_features(work_dir)
+    if extracted is not None:
+        status = extracted.set_index("video_id")
+        ok = videos.video_id.map(status.status).eq("ok")
+        missing = videos[~ok]
+        reasons = [f"extract failed: {status.error.get(v)}" if v in status.index else "not extracted"
+                   for v in missing.video_id]
+        dropped = pd.DataFrame({"video_id": missing.video_id, "split": missing.split, "reason": reasons})
+        videos = videos[ok]
+    table, info = splits.build_split(videos, num_classes, settings["profile"], settings.get("imbalance", 1.0),
+                                     settings.get("max_per_class"), settings.get("seed", 0))
+    counts = splits.train_counts(table, num_classes)
+    groups = assign_groups(counts, settings["head"], settings["tail"])
+    class_table = pd.DataFrame({"class_index": np.arange(num_classes), "name": classes.name,
+                                "train_count": counts, "group": groups.astype(str)})
+    write_table(stage_dir / tables.VIDEOS, table)
+    write_table(stage_dir / tables.CLASSES, class_table)
+    write_table(stage_dir / tables.DROPPED, dropped)
+    empty = [int(c) for c in np.flatnonzero(counts == 0)]
+    if empty:
+        log.warning("warning: %d classes have no training videos (e.g. %s)", len(empty),
+                    ", ".join(classes.name[empty[:3]]))
+    summary = {
+        "num_classes": num_classes,
+        "videos": {s: int((table.split == s).sum()) for s in datasets.SPLITS},
+        "groups": {g: int((groups == g).sum()) for g in GROUPS},
+        "thresholds": {"head": settings["head"], "tail": settings["tail"]},
+        "train_label_instances": int(counts.sum()),
+        "imbalance_ratio": float(counts.max() / counts[counts > 0].min()) if counts.any() else None,
+        "dropped_without_features": len(dropped),
+        "classes_without_train_videos": empty,
+        **info,
+    }
+    return StageResult([tables.VIDEOS, tables.CLASSES, tables.DROPPED], summary)
+
+
+# --------------------------------------------------------------------------------------- extract
+
+def run_extract_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
+    from extract.stage import run_extract
+
+    videos = tables.read_ingest_videos(work_dir / "ingest")
+    summary = run_extract(cfg.extract, videos, stage_dir, retry_failed=options.retry_failed,
+                          repair=options.repair, progress=options.progress)
+    outputs = [tables.VIDEOS] + sorted(p.name for p in stage_dir.glob("*.h5"))
+    return StageResult(outputs, summary)
+
+
+STAGES = {
+    "ingest": Stage("ingest", "read the dataset's label lists into one video table",
+                    settings=lambda cfg: cfg.dataset.model_dump(), run=run_ingest),
+    "extract": Stage("extract", "decode videos and store per-frame CNN features (HDF5)", needs=("ingest",),
+                     settings=lambda cfg: cfg.extract.model_dump(), run=run_extract_stage),
+    "split": Stage("split", "build train/val/test membership, class counts and head/medium/tail groups",
+                   needs=("ingest",), uses=("extract",), settings=split_settings, run=run_split),
+    "train": Stage("train", "train long-tailed methods on the features", needs=("extract", "split")),
+    "evaluate": Stage("evaluate", "mAP (overall/head/medium/tail), Acc@1/5, tables and plots",
+                      needs=("train", "split")),
+}
+ORDER = tuple(STAGES)
