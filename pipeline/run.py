@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from manifests.errors import UserError
@@ -71,7 +72,7 @@ def _prepare_upstream(name: str, cfg: Config, work_dir: Path, options: RunOption
     refuse to build on a missing or stale upstream stage."""
     for upstream in STAGES[name].needs + STAGES[name].uses:
         if upstream == "ingest":
-            _run_stage("ingest", cfg, work_dir, options)
+            _run_stage("ingest", cfg, work_dir, replace(options, force=False))  # --force is for `name`
             continue
         state = stage_state(upstream, cfg, work_dir)
         if state.state == "missing" and upstream in STAGES[name].uses:
