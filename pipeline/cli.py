@@ -11,6 +11,7 @@ from manifests.errors import StageFailed, UserError
 
 log = logging.getLogger("pipeline")
 
+BENCHMARKS = {"evaluate": ("evaluate.bench", "bench_evaluate")}
 EPILOG = """examples:
   python -m pipeline run                                   # the embedded demo, end to end, offline
   python -m pipeline run --config videolt_r50 --stage split
@@ -37,11 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Long-tailed video recognition: videos -> per-frame features -> imbalanced splits "
                     "-> long-tailed training -> literature-exact evaluation. Stages chain through "
                     "manifest files in the work directory; finished stages are skipped.")
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     stage_help = "; ".join(f"{n}: {STAGES[n].description}" for n in ORDER)
-    run = commands.add_parser("run", help="run a stage or the whole chain (default: the demo, all stages)",
+    run = commands.add_parser("run", parents=[quiet], help="run a stage or the whole chain (default: the demo, all stages)",
                               description=f"Run stages. {stage_help}.")
     _add_config_args(run)
     run.add_argument("--stage", choices=(*ORDER, "all"), default="all", help="stage to run (default: all)")
@@ -52,16 +55,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--repair", action="store_true", help="extract: re-extract corrupted shards")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    status = commands.add_parser("status", help="what each stage has produced, and whether it is stale",
+    status = commands.add_parser("status", parents=[quiet], help="what each stage has produced, and whether it is stale",
                                  description="Show each stage's state in a work directory: done, stale "
                                              "(and why), missing or not built. With --config, config "
                                              "changes count as staleness too.")
     _add_config_args(status)
 
-    show = commands.add_parser("config", help="print the resolved config (defaults + file + --set)")
+    show = commands.add_parser("config", parents=[quiet], help="print the resolved config (defaults + file + --set)")
     _add_config_args(show)
 
-    demo = commands.add_parser("demo-data", help="write the demo set of long-tailed H.264 videos",
+    report = commands.add_parser("report", parents=[quiet], help="one table over many evaluated runs (mean ± std over seeds)",
+                                 description="Collect evaluate results of several work directories into one "
+                                             "table (markdown + CSV): methods x feature sets, mean ± std over "
+                                             "runs that differ only in their seed, selection protocol stamped.")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="work directories (or their evaluate/ folders, or metrics.json files)")
+    report.add_argument("--out", default="report", metavar="DIR", help="where report.md and report.csv go")
+
+    bench = commands.add_parser("bench", parents=[quiet], help="measure the product against the reference way (JSON line)",
+                                description="Benchmarks: ratios measured inside one run; min and median "
+                                            "of >= 3 repeats; one JSON line at the end.")
+    bench.add_argument("what", choices=BENCHMARKS, help="which benchmark")
+
+    demo = commands.add_parser("demo-data", parents=[quiet], help="write the demo set of long-tailed H.264 videos",
                                description="Generate the embedded demo dataset: real H.264 mp4 clips, "
                                            "labels.csv (video_id,path,labels,split) and class_names.txt.")
     demo.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -139,4 +155,29 @@ def cmd_demo_data(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "config": cmd_config, "demo-data": cmd_demo_data}
+def cmd_report(args) -> int:
+    from evaluate.report import aggregate, collect, report_markdown
+    from manifests.files import atomic_path, write_text_atomic
+
+    table = aggregate(collect(args.run_dirs))
+    text = report_markdown(table)
+    out = Path(args.out)
+    write_text_atomic(out / "report.md", text)
+    with atomic_path(out / "report.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    print(text, end="")
+    log.info("report written to %s (report.md, report.csv)", out)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import json
+
+    module, function = BENCHMARKS[args.what]
+    result = getattr(__import__(module, fromlist=[function]), function)()
+    print(json.dumps(result))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "config": cmd_config, "report": cmd_report,
+            "bench": cmd_bench, "demo-data": cmd_demo_data}

@@ -12,6 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from evaluate.config import EvaluateConfig
 from extract.config import ExtractConfig
 from manifests.errors import UserError
 
@@ -59,6 +60,7 @@ class Config(Section):
     dataset: DatasetConfig = DatasetConfig()
     extract: ExtractConfig = ExtractConfig()
     split: SplitConfig = SplitConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
 
 def resolve_config_file(name_or_path: str) -> Path:

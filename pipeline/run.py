@@ -71,6 +71,8 @@ def _prepare_upstream(name: str, cfg: Config, work_dir: Path, options: RunOption
     """Before a single stage: run ingest if needed (it is the cheap front of every chain) and
     refuse to build on a missing or stale upstream stage."""
     for upstream in STAGES[name].needs + STAGES[name].uses:
+        if STAGES[upstream].run is None:  # not built yet: nothing of it can exist
+            continue
         if upstream == "ingest":
             _run_stage("ingest", cfg, work_dir, replace(options, force=False))  # --force is for `name`
             continue

@@ -18,6 +18,7 @@ from manifests import datasets, splits, tables
 from manifests.errors import UserError
 from manifests.files import read_table, write_table
 from manifests.groups import GROUPS, assign_groups
+from manifests.manifest import config_hash, read_manifest
 from pipeline.config import Config, group_thresholds, split_profile
 
 log = logging.getLogger("pipeline")
@@ -177,6 +178,37 @@ def run_extract_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: Run
     return StageResult(outputs, summary)
 
 
+# -------------------------------------------------------------------------------------- evaluate
+
+PREDICTIONS = "predictions.npz"  # what the train stage leaves for evaluate: scores, video_ids
+
+
+def run_info(work_dir: Path, cfg: Config) -> dict:
+    """Who made the predictions: method and selection protocol (train), features (extract), seed."""
+    info = {"seed": cfg.seed}
+    extract = read_manifest(work_dir / "extract")
+    if extract is not None:
+        info["features"] = extract.config.get("backbone")
+    train = read_manifest(work_dir / "train")
+    if train is not None:
+        info.update({k: train.config[k] for k in ("method", "select_on") if k in train.config})
+        info["config_id"] = config_hash({k: v for k, v in train.config.items() if k != "seed"})[:12]
+    return info
+
+
+def run_evaluate_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
+    from evaluate.stage import run_evaluate
+
+    given = cfg.evaluate.predictions
+    predictions = Path(given) if given else work_dir / "train" / PREDICTIONS
+    if not given and not predictions.exists():
+        raise UserError(f"no predictions to evaluate: {predictions} does not exist; run the train stage "
+                        "or set evaluate.predictions=FILE.npz (arrays `scores` (N, C) and `video_ids` (N,))")
+    summary, outputs = run_evaluate(cfg.evaluate, work_dir / "split", predictions, stage_dir,
+                                    run_info(work_dir, cfg))
+    return StageResult(outputs, summary, external_inputs={"predictions": predictions} if given else {})
+
+
 STAGES = {
     "ingest": Stage("ingest", "read the dataset's label lists into one video table",
                     settings=lambda cfg: cfg.dataset.model_dump(), run=run_ingest),
@@ -185,7 +217,8 @@ STAGES = {
     "split": Stage("split", "build train/val/test membership, class counts and head/medium/tail groups",
                    needs=("ingest",), uses=("extract",), settings=split_settings, run=run_split),
     "train": Stage("train", "train long-tailed methods on the features", needs=("extract", "split")),
-    "evaluate": Stage("evaluate", "mAP (overall/head/medium/tail), Acc@1/5, tables and plots",
-                      needs=("train", "split")),
+    "evaluate": Stage("evaluate", "mAP (overall/head/medium/tail), Acc@1/5, test profiles, tables, plots",
+                      needs=("split",), uses=("train",), settings=lambda cfg: cfg.evaluate.model_dump(),
+                      run=run_evaluate_stage),
 }
 ORDER = tuple(STAGES)

@@ -1,0 +1,109 @@
+"""Result tables in the papers' layout: one run, and many runs (methods x feature sets, seeds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from manifests.errors import UserError
+
+COLUMNS = ("mAP", "head", "medium", "tail", "acc1", "acc5")
+HEADERS = ("Overall", "Head", "Medium", "Tail", "Acc@1", "Acc@5")
+GROUP_KEYS = ("method", "features", "select_on", "config_id")
+
+
+def _fmt(value) -> str:
+    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
+
+
+def markdown_table(header: list, rows: list) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def run_label(run: dict) -> str:
+    """A short name for a run, e.g. ``baseline / resnet50 / seed 2021``."""
+    parts = [str(run.get("method", "predictions")), str(run.get("features", "unknown features"))]
+    if "seed" in run:
+        parts.append(f"seed {run['seed']}")
+    return " / ".join(parts)
+
+
+def protocol(run: dict) -> str:
+    """How the scored checkpoint was chosen, as stamped on every result."""
+    select_on = run.get("select_on")
+    return f"model selected on {select_on}" if select_on else "model selection not recorded"
+
+
+def run_markdown(label: str, document: dict) -> str:
+    """results.md of one evaluation: the papers' table plus the test-distribution profiles."""
+    m = document["metrics"]
+    text = [f"# {label}\n", f"{document['videos']} {document['split']} videos; groups: head > "
+            f"{document['thresholds']['head']}, tail <= {document['thresholds']['tail']} training "
+            f"instances; {protocol(document['run'])}.\n",
+            markdown_table(["Method", *HEADERS], [[label, *(_fmt(m[c]) for c in COLUMNS)]])]
+    if document["profiles"]:
+        rows = [[name, *(_fmt(p[c]) for c in COLUMNS), f"{p['labels']['ratio']:.1f}"]
+                for name, p in document["profiles"].items()]
+        text += ["\n## Test-distribution profiles\n",
+                 f"The same predictions on re-sampled test sets (seed {document['profile_seed']}); "
+                 "ratio = max/min positives per class.\n",
+                 markdown_table(["Test profile", *HEADERS, "ratio"], rows)]
+    return "\n".join(text)
+
+
+def _metrics_file(run_dir: Path) -> Path:
+    for candidate in (run_dir, run_dir / "metrics.json", run_dir / "evaluate" / "metrics.json"):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"{run_dir}: no evaluate results (looked for metrics.json and evaluate/metrics.json); "
+                    "run the evaluate stage there first")
+
+
+def collect(run_dirs) -> pd.DataFrame:
+    """One row per evaluated run: its identity (method, features, seed, protocol) and metrics."""
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        path = _metrics_file(run_dir)
+        document = json.loads(path.read_text())
+        run = document.get("run", {})
+        row = {"run": str(path.parent), "method": run.get("method", "predictions"),
+               "features": run.get("features", "unknown"), "seed": run.get("seed"),
+               "select_on": run.get("select_on", "unknown"), "config_id": run.get("config_id", ""),
+               **{c: document["metrics"][c] for c in COLUMNS}}
+        for name, profile in document.get("profiles", {}).items():
+            if name != "as_is":  # the same numbers as the main columns
+                row[f"mAP[{name}]"] = profile["mAP"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std (ddof 1) over runs that differ only in their seed."""
+    values = [c for c in runs.columns if c in COLUMNS or c.startswith("mAP[")]
+    grouped = runs.groupby(list(GROUP_KEYS), sort=False, dropna=False)[values]
+    means, stds = grouped.mean(), grouped.std(ddof=1)
+    table = means.add_suffix("_mean").join(stds.add_suffix("_std"))
+    table["runs"] = grouped.size()
+    return table.reset_index()
+
+
+def report_markdown(table: pd.DataFrame) -> str:
+    """Methods x feature sets, ``mean ± std (n)`` where several seeds exist, protocol stamped."""
+    values = [c[:-5] for c in table.columns if c.endswith("_mean")]
+    rows = []
+    for _, r in table.iterrows():
+        cells = []
+        for c in values:
+            mean, std = r[f"{c}_mean"], r[f"{c}_std"]
+            cells.append(_fmt(mean) + (f" ± {std:.3f}" if r["runs"] > 1 and not np.isnan(std) else ""))
+        rows.append([r["method"], r["features"], r["select_on"], r["runs"], *cells])
+    header = ["Method", "Features", "Selected on", "Runs",
+              *(dict(zip(COLUMNS, HEADERS)).get(c, c) for c in values)]
+    return ("Mean ± sample std over seeds where a configuration has several runs. 'Selected on' is the "
+            "split the checkpoint was chosen on (test = the papers' protocol).\n\n" + markdown_table(header, rows))

@@ -1,0 +1,115 @@
+"""The evaluate stage: score predictions against the split, per test-distribution profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from evaluate import metrics, plots, profiles, report
+from evaluate.config import EvaluateConfig
+from manifests import tables
+from manifests.errors import UserError
+from manifests.files import atomic_path, write_json_atomic, write_text_atomic
+from manifests.manifest import read_manifest
+
+METRICS_JSON = "metrics.json"
+PER_CLASS_CSV = "per_class.csv"
+RESULTS_MD = "results.md"
+AP_PLOT = "ap_vs_frequency.png"
+RUN_KEYS = ("method", "features", "seed", "select_on")
+
+
+def load_predictions(path: Path) -> tuple:
+    """``(scores (N, C) float32, video_ids (N,), run info)`` from an .npz predictions file.
+
+    Besides ``scores`` and ``video_ids`` the file may carry string/number entries ``method``,
+    ``features``, ``seed``, ``select_on`` that describe the run.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"predictions file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("scores", "video_ids") if k not in data]
+            if missing:
+                raise UserError(f"{path}: missing array(s) {missing}; an .npz with `scores` (N, C) and "
+                                "`video_ids` (N,) is expected")
+            scores, ids = data["scores"], data["video_ids"]
+            info = {k: data[k].item() for k in RUN_KEYS if k in data}
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{path}: not a readable .npz of plain arrays ({exc})") from exc
+    if scores.ndim != 2 or ids.shape != (len(scores),):
+        raise UserError(f"{path}: scores must be (N, C) and video_ids (N,), got {scores.shape} and {ids.shape}")
+    if not np.isfinite(scores).all():
+        raise UserError(f"{path}: scores contain NaN or Inf")
+    ids = ids.astype(str)
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise UserError(f"{path}: video id(s) predicted twice, e.g. {unique[counts > 1][:3].tolist()}")
+    return scores.astype(np.float32, copy=False), ids, info
+
+
+def align(scores: np.ndarray, ids: np.ndarray, videos: pd.DataFrame, num_classes: int, source) -> tuple:
+    """Rows of ``scores`` in the order of ``videos``, and the (N, C) 0/1 targets."""
+    if scores.shape[1] != num_classes:
+        raise UserError(f"{source}: scores have {scores.shape[1]} classes, the split has {num_classes}")
+    position = pd.Series(np.arange(len(ids)), index=ids)
+    rows = videos.video_id.map(position)
+    if rows.isna().any():
+        missing = videos.video_id[rows.isna()]
+        raise UserError(f"{source}: no prediction for {len(missing)} of {len(videos)} videos "
+                        f"(e.g. {missing.head(3).tolist()}); predict every video of the split")
+    targets = np.zeros((len(videos), num_classes), dtype=np.uint8)
+    for i, labels in enumerate(videos.labels):
+        targets[i, labels] = 1
+    return scores[rows.to_numpy(dtype=np.int64)], targets
+
+
+def headline(result: dict) -> dict:
+    """The scalar metrics of :func:`evaluate.metrics.compute` (no per-class arrays)."""
+    return {k: (None if isinstance(v, float) and np.isnan(v) else v)
+            for k, v in result.items() if k != "per_class_ap"}
+
+
+def run_evaluate(cfg: EvaluateConfig, split_dir: Path, predictions: Path, stage_dir: Path,
+                 run_info: dict | None = None) -> tuple:
+    """Score ``predictions`` on the split; write metrics, per-class CSV, tables and plot.
+
+    Returns ``(summary, output file names)``.
+    """
+    split_dir, stage_dir = Path(split_dir), Path(stage_dir)
+    thresholds = read_manifest(split_dir).summary["thresholds"]
+    head, tail = thresholds["head"], thresholds["tail"]
+    classes = tables.read_classes(split_dir)
+    videos = tables.read_split_videos(split_dir)
+    videos = videos[videos.split == cfg.split]
+    if videos.empty:
+        raise UserError(f"the split stage in {split_dir} has no {cfg.split!r} videos to evaluate on")
+    scores, ids, info = load_predictions(predictions)
+    run = {**(run_info or {}), **info}
+    scores, targets = align(scores, ids, videos, len(classes), predictions)
+    counts = classes.train_count.to_numpy()
+    main = metrics.compute(scores, targets, counts, head=head, tail=tail)
+    by_profile = {}
+    for name in cfg.test_profiles:
+        rows = profiles.resample(targets, name, counts, cfg.profile_seed)
+        result = main if name == "as_is" else metrics.compute(scores[rows], targets[rows], counts, head, tail)
+        by_profile[name] = {**headline(result), "labels": profiles.label_distribution(targets[rows])}
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    per_class = pd.DataFrame({"class_index": classes.class_index, "name": classes.name,
+                              "train_count": counts, "group": classes.group, "ap": main["per_class_ap"],
+                              "test_positives": targets.sum(axis=0)})
+    with atomic_path(stage_dir / PER_CLASS_CSV) as tmp:
+        per_class.to_csv(tmp, index=False, float_format="%.6f")
+    document = {"split": cfg.split, "videos": len(videos), "thresholds": thresholds, "run": run,
+                "metrics": headline(main), "profiles": by_profile, "profile_seed": cfg.profile_seed}
+    write_json_atomic(stage_dir / METRICS_JSON, document)
+    label = report.run_label(run)
+    write_text_atomic(stage_dir / RESULTS_MD, report.run_markdown(label, document))
+    plots.ap_vs_frequency(stage_dir / AP_PLOT, counts, main["per_class_ap"], classes.group.to_numpy(),
+                          head, tail, title=f"Per-class AP against training frequency: {label}")
+    summary = {"videos": len(videos), **{k: document["metrics"][k] for k in report.COLUMNS},
+               "profiles": {p: by_profile[p]["mAP"] for p in by_profile}}
+    return summary, [METRICS_JSON, PER_CLASS_CSV, RESULTS_MD, AP_PLOT]
