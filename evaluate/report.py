@@ -57,19 +57,23 @@ def run_markdown(label: str, document: dict) -> str:
     return "\n".join(text)
 
 
-def _metrics_file(run_dir: Path) -> Path:
-    for candidate in (run_dir, run_dir / "metrics.json", run_dir / "evaluate" / "metrics.json"):
-        if candidate.is_file():
-            return candidate
-    raise UserError(f"{run_dir}: no evaluate results (looked for metrics.json and evaluate/metrics.json); "
-                    "run the evaluate stage there first")
+def metrics_files(run_dir: Path) -> list:
+    """The metrics.json files of a metrics file, an evaluate run folder or a whole work dir."""
+    if run_dir.is_file():
+        return [run_dir]
+    if (run_dir / "metrics.json").is_file():
+        return [run_dir / "metrics.json"]
+    found = sorted((run_dir / "evaluate").glob("*/metrics.json"))
+    if not found:
+        raise UserError(f"{run_dir}: no evaluate results (looked for metrics.json and "
+                        "evaluate/<run>/metrics.json); run the evaluate stage there first")
+    return found
 
 
 def collect(run_dirs) -> pd.DataFrame:
     """One row per evaluated run: its identity (method, features, seed, protocol) and metrics."""
     rows = []
-    for run_dir in map(Path, run_dirs):
-        path = _metrics_file(run_dir)
+    for path in (f for run_dir in run_dirs for f in metrics_files(Path(run_dir))):
         document = json.loads(path.read_text())
         run = document.get("run", {})
         row = {"run": str(path.parent), "method": run.get("method", "predictions"),

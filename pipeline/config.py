@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evaluate.config import EvaluateConfig
 from extract.config import ExtractConfig
+from train.config import TrainConfig
 from manifests.errors import UserError
 
 PACKAGE_CONFIGS = Path(__file__).parent / "configs"
@@ -60,6 +61,7 @@ class Config(Section):
     dataset: DatasetConfig = DatasetConfig()
     extract: ExtractConfig = ExtractConfig()
     split: SplitConfig = SplitConfig()
+    train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 
 
@@ -159,6 +161,12 @@ def split_profile(cfg: Config) -> str:
     if cfg.split.profile != "auto":
         return cfg.split.profile
     return "minikinetics" if cfg.dataset.format == "minikinetics" else "given"
+
+
+def single_runs(cfg: Config) -> list:
+    """One config per method of ``train.method`` (a list trains several methods one after another)."""
+    return [cfg.model_copy(update={"train": cfg.train.model_copy(update={"method": m})})
+            for m in cfg.train.methods()]
 
 
 def to_yaml(cfg: Config) -> str:

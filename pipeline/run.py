@@ -1,4 +1,9 @@
-"""Run orchestration: skip what is done, detect what is stale, run the rest, write manifests."""
+"""Run orchestration: skip what is done, detect what is stale, run the rest, write manifests.
+
+Most stages live in ``<work_dir>/<stage>/``. The train and evaluate stages are *per run*: one
+folder per method, ``<work_dir>/train/<run>/`` and ``<work_dir>/evaluate/<run>/``, so that several
+methods share one set of features and splits.
+"""
 
 from __future__ import annotations
 
@@ -11,44 +16,52 @@ from manifests.errors import UserError
 from manifests.files import resolve_portable
 from manifests.manifest import (Freshness, build_manifest, freshness, manifest_path,
                                 read_manifest, write_manifest)
-from pipeline.config import Config
+from pipeline.config import Config, single_runs
 from pipeline.stages import ORDER, STAGES, RunOptions
 
 log = logging.getLogger("pipeline")
 EXTERNAL_PREFIX = "file:"  # manifest input keys of files read from outside the work dir
 
 
-def stage_inputs(name: str, work_dir: Path) -> dict:
+def location(name: str, run: str | None) -> str:
+    """A stage's folder relative to the work dir: ``split`` or, per run, ``train/<run>``."""
+    return f"{name}/{run}" if STAGES[name].per_run else name
+
+
+def stage_inputs(name: str, run: str | None, work_dir: Path) -> dict:
     """The files a stage's freshness depends on: upstream manifests, and for stages that read
-    files outside the work dir (ingest) the files its manifest recorded."""
+    files outside the work dir (ingest, evaluate with a predictions file) the files it recorded."""
     stage = STAGES[name]
     inputs = {}
     for upstream in stage.needs + stage.uses:
-        path = manifest_path(work_dir / upstream)
+        if STAGES[upstream].run is None:  # not built yet: nothing of it can exist
+            continue
+        where = location(upstream, run)
+        path = manifest_path(work_dir / where)
         if upstream in stage.needs or path.exists():
-            inputs[f"{upstream}/manifest.json"] = path
-    manifest = read_manifest(work_dir / name)
+            inputs[f"{where}/manifest.json"] = path
+    stage_dir = work_dir / location(name, run)
+    manifest = read_manifest(stage_dir)
     if manifest is not None:
         for key, record in manifest.inputs.items():
             if key.startswith(EXTERNAL_PREFIX):
-                inputs[key] = resolve_portable(record["path"], work_dir / name)
+                inputs[key] = resolve_portable(record["path"], stage_dir)
     return inputs
 
 
-def stage_state(name: str, cfg: Config | None, work_dir: Path) -> Freshness:
-    """Freshness of one stage against the current config (or, without one, its recorded config)."""
-    stage = STAGES[name]
-    stage_dir = work_dir / name
+def stage_state(name: str, cfg: Config | None, work_dir: Path, run: str | None = None) -> Freshness:
+    """Freshness of one stage against the config (or, without one, its recorded config)."""
+    stage_dir = work_dir / location(name, run)
     if cfg is not None:
-        settings = stage.settings(cfg)
+        settings = STAGES[name].settings(cfg)
     else:
         manifest = read_manifest(stage_dir)
         settings = manifest.config if manifest else {}
-    return freshness(stage_dir, settings, stage_inputs(name, work_dir))
+    return freshness(stage_dir, settings, stage_inputs(name, run, work_dir))
 
 
 def run_pipeline(cfg: Config, stage: str = "all", options: RunOptions | None = None) -> dict:
-    """Run one stage or the whole chain; returns ``{stage: "ran" | "skipped" | "not built"}``."""
+    """Run one stage or the whole chain; returns ``{stage location: "ran" | "skipped" | "not built"}``."""
     options = options or RunOptions()
     work_dir = Path(cfg.work_dir)
     names = ORDER if stage == "all" else (stage,)
@@ -61,80 +74,103 @@ def run_pipeline(cfg: Config, stage: str = "all", options: RunOptions | None = N
             log.info("%-8s not built yet in this version: stopping here (later stages need its output)", name)
             outcome.update({n: "not built" for n in names[names.index(name):]})
             break
-        if stage != "all":
-            _prepare_upstream(name, cfg, work_dir, options)
-        outcome[name] = _run_stage(name, cfg, work_dir, options)
+        for run_cfg in (single_runs(cfg) if STAGES[name].per_run else [cfg]):
+            if stage != "all":
+                _prepare_upstream(name, run_cfg, work_dir, options)
+            where = location(name, run_cfg.train.run_name() if STAGES[name].per_run else None)
+            outcome[where] = _run_stage(name, run_cfg, work_dir, options)
     return outcome
 
 
 def _prepare_upstream(name: str, cfg: Config, work_dir: Path, options: RunOptions) -> None:
     """Before a single stage: run ingest if needed (it is the cheap front of every chain) and
     refuse to build on a missing or stale upstream stage."""
+    run = cfg.train.run_name() if STAGES[name].per_run else None
     for upstream in STAGES[name].needs + STAGES[name].uses:
-        if STAGES[upstream].run is None:  # not built yet: nothing of it can exist
+        if STAGES[upstream].run is None:
             continue
         if upstream == "ingest":
             _run_stage("ingest", cfg, work_dir, replace(options, force=False))  # --force is for `name`
             continue
-        state = stage_state(upstream, cfg, work_dir)
+        state = stage_state(upstream, cfg, work_dir, run)
         if state.state == "missing" and upstream in STAGES[name].uses:
             continue
         if not state.fresh:
             what = "has not run" if state.state == "missing" else f"is stale ({'; '.join(state.reasons)})"
-            raise UserError(f"stage {name!r} needs {upstream!r}, which {what} in {work_dir}; run "
-                            f"`python -m pipeline run --stage {upstream}` with the same config first, "
+            raise UserError(f"stage {name!r} needs {location(upstream, run)!r}, which {what} in {work_dir}; "
+                            f"run `python -m pipeline run --stage {upstream}` with the same config first, "
                             "or `--stage all`")
 
 
 def _run_stage(name: str, cfg: Config, work_dir: Path, options: RunOptions) -> str:
     stage = STAGES[name]
-    stage_dir = work_dir / name
-    state = stage_state(name, cfg, work_dir)
-    if state.fresh and not options.force and not (name == "extract" and (options.retry_failed or options.repair)):
-        log.info("%-8s up to date, skipped (%s)", name, _brief(read_manifest(stage_dir).summary))
+    run = cfg.train.run_name() if stage.per_run else None
+    where = location(name, run)
+    stage_dir = work_dir / where
+    state = stage_state(name, cfg, work_dir, run)
+    rebuild_requested = options.force or (name == "extract" and (options.retry_failed or options.repair))
+    if state.fresh and not rebuild_requested:
+        log.info("%-8s up to date, skipped (%s)", where, _brief(read_manifest(stage_dir).summary))
         return "skipped"
     if state.state == "stale":
         if options.no_rerun:
-            raise UserError(f"stage {name!r} in {stage_dir} is stale: {'; '.join(state.reasons)}; "
+            raise UserError(f"stage {where!r} in {stage_dir} is stale: {'; '.join(state.reasons)}; "
                             "re-run without --no-rerun to rebuild it")
-        log.info("%-8s stale (%s): re-running", name, "; ".join(state.reasons))
-    log.info("%-8s running: %s", name, stage.description)
+        log.info("%-8s stale (%s): re-running", where, "; ".join(state.reasons))
+    log.info("%-8s running: %s", where, stage.description)
     started = time.perf_counter()
     stage_dir.mkdir(parents=True, exist_ok=True)
     manifest_path(stage_dir).unlink(missing_ok=True)  # a stage being rebuilt is not done
     result = stage.run(cfg, stage_dir, work_dir, options)
     result.summary["seconds"] = round(time.perf_counter() - started, 3)
-    inputs = {key: path for key, path in stage_inputs(name, work_dir).items()
+    inputs = {key: path for key, path in stage_inputs(name, run, work_dir).items()
               if not key.startswith(EXTERNAL_PREFIX)}
     inputs.update({EXTERNAL_PREFIX + key: path for key, path in result.external_inputs.items()})
-    manifest = build_manifest(name, stage_dir, stage.settings(cfg), inputs, result.outputs, result.summary)
+    manifest = build_manifest(where, stage_dir, stage.settings(cfg), inputs, result.outputs, result.summary)
     write_manifest(stage_dir, manifest)
-    log.info("%-8s done in %.1f s (%s) -> %s", name, result.summary["seconds"], _brief(result.summary), stage_dir)
+    log.info("%-8s done in %.1f s (%s) -> %s", where, result.summary["seconds"], _brief(result.summary), stage_dir)
     return "ran"
 
 
 def _brief(summary: dict) -> str:
-    """A one-line digest of a stage summary (counts only)."""
+    """A one-line digest of a stage summary (counts and headline numbers only)."""
     parts = []
-    for key in ("num_classes", "videos", "groups", "ok", "failed"):
+    for key in ("num_classes", "videos", "groups", "ok", "failed", "best_epoch", "mAP"):
         value = summary.get(key)
         if isinstance(value, dict):
             parts.append(f"{key} " + "/".join(f"{k} {v}" for k, v in value.items()))
+        elif isinstance(value, float):
+            parts.append(f"{key} {value:.3f}")
         elif value is not None:
             parts.append(f"{key} {value}")
     return ", ".join(parts)
 
 
+def _locations(name: str, work_dir: Path) -> list:
+    """The existing folders of a stage (every run folder for per-run stages)."""
+    if not STAGES[name].per_run:
+        return [(name, None)]
+    runs = sorted(p.parent.name for p in (work_dir / name).glob("*/manifest.json"))
+    return [(location(name, run), run) for run in runs] or [(name, None)]
+
+
 def status_rows(cfg: Config | None, work_dir: Path) -> list:
-    """One row per stage: name, state, created_at, digest, reasons."""
+    """One row per stage (per run for train/evaluate): location, state, created_at, digest, reasons."""
     rows = []
     for name in ORDER:
         if STAGES[name].run is None:
             rows.append((name, "not built", "", "", ""))
             continue
-        state = stage_state(name, cfg, work_dir)
-        manifest = read_manifest(work_dir / name)
-        rows.append((name, {"fresh": "done"}.get(state.state, state.state),
-                     manifest.created_at if manifest else "", _brief(manifest.summary) if manifest else "",
-                     "; ".join(state.reasons) if state.state == "stale" else ""))
+        for where, run in _locations(name, work_dir):
+            if STAGES[name].per_run and run is None:
+                rows.append((where, "missing", "", "", ""))
+                continue
+            run_cfg = cfg
+            if cfg is not None and STAGES[name].per_run:
+                run_cfg = next((c for c in single_runs(cfg) if c.train.run_name() == run), None)
+            state = stage_state(name, run_cfg, work_dir, run)
+            manifest = read_manifest(work_dir / where)
+            rows.append((where, {"fresh": "done"}.get(state.state, state.state),
+                         manifest.created_at if manifest else "", _brief(manifest.summary) if manifest else "",
+                         "; ".join(state.reasons) if state.state == "stale" else ""))
     return rows

@@ -52,6 +52,7 @@ class Stage:
     uses: tuple = ()  # upstream stages whose manifests are inputs when they exist
     settings: Callable[[Config], dict] | None = None  # the config its outputs depend on
     run: Callable | None = None  # (cfg, stage_dir, work_dir, options) -> StageResult; None = not built
+    per_run: bool = False  # one folder per method run: <work_dir>/<stage>/<run>/
 
 
 # ---------------------------------------------------------------------------------------- ingest
@@ -189,7 +190,7 @@ def run_info(work_dir: Path, cfg: Config) -> dict:
     extract = read_manifest(work_dir / "extract")
     if extract is not None:
         info["features"] = extract.config.get("backbone")
-    train = read_manifest(work_dir / "train")
+    train = read_manifest(work_dir / "train" / cfg.train.run_name())
     if train is not None:
         info.update({k: train.config[k] for k in ("method", "select_on") if k in train.config})
         info["config_id"] = config_hash({k: v for k, v in train.config.items() if k != "seed"})[:12]
@@ -200,7 +201,7 @@ def run_evaluate_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: Ru
     from evaluate.stage import run_evaluate
 
     given = cfg.evaluate.predictions
-    predictions = Path(given) if given else work_dir / "train" / PREDICTIONS
+    predictions = Path(given) if given else work_dir / "train" / cfg.train.run_name() / PREDICTIONS
     if not given and not predictions.exists():
         raise UserError(f"no predictions to evaluate: {predictions} does not exist; run the train stage "
                         "or set evaluate.predictions=FILE.npz (arrays `scores` (N, C) and `video_ids` (N,))")
@@ -216,9 +217,10 @@ STAGES = {
                      settings=lambda cfg: cfg.extract.model_dump(), run=run_extract_stage),
     "split": Stage("split", "build train/val/test membership, class counts and head/medium/tail groups",
                    needs=("ingest",), uses=("extract",), settings=split_settings, run=run_split),
-    "train": Stage("train", "train long-tailed methods on the features", needs=("extract", "split")),
+    "train": Stage("train", "train long-tailed methods on the features", needs=("extract", "split"),
+                   per_run=True),
     "evaluate": Stage("evaluate", "mAP (overall/head/medium/tail), Acc@1/5, test profiles, tables, plots",
                       needs=("split",), uses=("train",), settings=lambda cfg: cfg.evaluate.model_dump(),
-                      run=run_evaluate_stage),
+                      run=run_evaluate_stage, per_run=True),
 }
 ORDER = tuple(STAGES)

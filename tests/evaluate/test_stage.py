@@ -65,24 +65,24 @@ def evaluated(videolt_dir, tmp_path):
 def test_stage_outputs_match_the_metrics(evaluated):
     work, scores, targets, _, _ = evaluated
     expected = metrics.compute(scores, targets, [501, 500, 101, 100, 3], head=500, tail=100)
-    document = json.loads((work / "evaluate" / "metrics.json").read_text())
+    document = json.loads((work / "evaluate" / "baseline" / "metrics.json").read_text())
     for key in ("mAP", "head", "medium", "tail", "acc1", "acc5"):
         assert document["metrics"][key] == pytest.approx(expected[key], abs=1e-12)
     assert document["run"] == {"seed": 7, "method": "baseline", "select_on": "val"}
     assert set(document["profiles"]) == {"as_is", "uniform", "long_tailed", "inverse"}
     assert document["profiles"]["as_is"]["mAP"] == pytest.approx(expected["mAP"])
-    per_class = pd.read_csv(work / "evaluate" / "per_class.csv")
+    per_class = pd.read_csv(work / "evaluate" / "baseline" / "per_class.csv")
     assert per_class.columns.tolist() == ["class_index", "name", "train_count", "group", "ap", "test_positives"]
     assert per_class.ap.to_numpy() == pytest.approx(expected["per_class_ap"], abs=1e-6)
     assert per_class.test_positives.tolist() == targets.sum(axis=0).tolist()
     assert per_class.group.tolist() == ["head", "medium", "medium", "tail", "tail"]
-    table = (work / "evaluate" / "results.md").read_text()
+    table = (work / "evaluate" / "baseline" / "results.md").read_text()
     assert "| Method | Overall | Head | Medium | Tail | Acc@1 | Acc@5 |" in table
     assert f"{expected['mAP']:.3f}" in table and "model selected on val" in table
 
 
 def test_plot_is_a_png_with_the_group_colours(evaluated):
-    with Image.open(evaluated[0] / "evaluate" / "ap_vs_frequency.png") as png:
+    with Image.open(evaluated[0] / "evaluate" / "baseline" / "ap_vs_frequency.png") as png:
         assert png.format == "PNG"
         image = png.convert("RGB")
     assert image.size[0] > 600 and image.size[1] > 300
@@ -135,10 +135,10 @@ def write_metrics(folder, method, seed, m, features="resnet50", select_on="val")
 
 
 def test_report_mean_and_std_over_seeds(tmp_path, capsys):
-    write_metrics(tmp_path / "a" / "evaluate", "baseline", 1, 0.50)
-    write_metrics(tmp_path / "b" / "evaluate", "baseline", 2, 0.54)
-    write_metrics(tmp_path / "c" / "evaluate", "move", 1, 0.70)
-    write_metrics(tmp_path / "d" / "evaluate", "baseline", 1, 0.40, select_on="test")
+    write_metrics(tmp_path / "a" / "evaluate" / "baseline", "baseline", 1, 0.50)
+    write_metrics(tmp_path / "b" / "evaluate" / "baseline", "baseline", 2, 0.54)
+    write_metrics(tmp_path / "c" / "evaluate" / "move", "move", 1, 0.70)
+    write_metrics(tmp_path / "d", "baseline", 1, 0.40, select_on="test")
     table = aggregate(collect([tmp_path / x for x in "abcd"]))
     base = table[(table.method == "baseline") & (table.select_on == "val")].iloc[0]
     assert base.runs == 2 and base["mAP_mean"] == pytest.approx(0.52)
