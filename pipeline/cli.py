@@ -51,13 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="re-run the stage even if it is up to date")
     run.add_argument("--no-rerun", action="store_true",
                      help="refuse (instead of re-running) when a stage is stale")
+    run.add_argument("--resume", choices=("auto", "never"), default="auto",
+                     help="train: continue from the last checkpoint when there is one (auto, default) or start over")
     run.add_argument("--retry-failed", action="store_true", help="extract: retry videos that failed before")
     run.add_argument("--repair", action="store_true", help="extract: re-extract corrupted shards")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     status = commands.add_parser("status", parents=[quiet], help="what each stage has produced, and whether it is stale",
                                  description="Show each stage's state in a work directory: done, stale "
-                                             "(and why), missing or not built. With --config, config "
+                                             "(and why) or missing. With --config, config "
                                              "changes count as staleness too.")
     _add_config_args(status)
 
@@ -118,13 +120,30 @@ def cmd_run(args) -> int:
 
     cfg = _load(args)
     log.info("work dir: %s", Path(cfg.work_dir).resolve())
-    options = RunOptions(force=args.force, no_rerun=args.no_rerun, retry_failed=args.retry_failed,
+    options = RunOptions(force=args.force, resume=args.resume, no_rerun=args.no_rerun, retry_failed=args.retry_failed,
                          repair=args.repair, progress=not args.no_progress)
-    outcome = run_pipeline(cfg, args.stage, options)
-    not_built = [name for name, what in outcome.items() if what == "not built"]
-    if not_built:
-        log.info("not built yet in this version: %s (nothing was faked for them)", ", ".join(not_built))
+    run_pipeline(cfg, args.stage, options)
+    if args.stage in ("all", "evaluate"):
+        _print_comparison(cfg)
     return 0
+
+
+def _print_comparison(cfg) -> None:
+    """The methods just evaluated side by side, also written to <work_dir>/report.{md,csv}."""
+    from evaluate.report import aggregate, collect, report_markdown
+    from manifests.files import atomic_path, write_text_atomic
+    from pipeline.config import single_runs
+
+    work_dir = Path(cfg.work_dir)
+    files = [work_dir / "evaluate" / c.train.run_name() / "metrics.json" for c in single_runs(cfg)]
+    table = aggregate(collect([f for f in files if f.exists()]))
+    text = report_markdown(table)
+    write_text_atomic(work_dir / "report.md", text)
+    with atomic_path(work_dir / "report.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    print(text, end="")
+    log.info("comparison table: %s; per-run metrics, per-class CSVs and plots: %s",
+             work_dir / "report.md", work_dir / "evaluate")
 
 
 def cmd_status(args) -> int:

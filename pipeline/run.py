@@ -34,8 +34,6 @@ def stage_inputs(name: str, run: str | None, work_dir: Path) -> dict:
     stage = STAGES[name]
     inputs = {}
     for upstream in stage.needs + stage.uses:
-        if STAGES[upstream].run is None:  # not built yet: nothing of it can exist
-            continue
         where = location(upstream, run)
         path = manifest_path(work_dir / where)
         if upstream in stage.needs or path.exists():
@@ -61,19 +59,12 @@ def stage_state(name: str, cfg: Config | None, work_dir: Path, run: str | None =
 
 
 def run_pipeline(cfg: Config, stage: str = "all", options: RunOptions | None = None) -> dict:
-    """Run one stage or the whole chain; returns ``{stage location: "ran" | "skipped" | "not built"}``."""
+    """Run one stage or the whole chain; returns ``{stage location: "ran" | "skipped"}``."""
     options = options or RunOptions()
     work_dir = Path(cfg.work_dir)
     names = ORDER if stage == "all" else (stage,)
     outcome = {}
     for name in names:
-        if STAGES[name].run is None:
-            if stage != "all":
-                raise UserError(f"the {name} stage is not built yet in this version; available stages: "
-                                + ", ".join(n for n in ORDER if STAGES[n].run))
-            log.info("%-8s not built yet in this version: stopping here (later stages need its output)", name)
-            outcome.update({n: "not built" for n in names[names.index(name):]})
-            break
         for run_cfg in (single_runs(cfg) if STAGES[name].per_run else [cfg]):
             if stage != "all":
                 _prepare_upstream(name, run_cfg, work_dir, options)
@@ -87,8 +78,6 @@ def _prepare_upstream(name: str, cfg: Config, work_dir: Path, options: RunOption
     refuse to build on a missing or stale upstream stage."""
     run = cfg.train.run_name() if STAGES[name].per_run else None
     for upstream in STAGES[name].needs + STAGES[name].uses:
-        if STAGES[upstream].run is None:
-            continue
         if upstream == "ingest":
             _run_stage("ingest", cfg, work_dir, replace(options, force=False))  # --force is for `name`
             continue
@@ -158,9 +147,6 @@ def status_rows(cfg: Config | None, work_dir: Path) -> list:
     """One row per stage (per run for train/evaluate): location, state, created_at, digest, reasons."""
     rows = []
     for name in ORDER:
-        if STAGES[name].run is None:
-            rows.append((name, "not built", "", "", ""))
-            continue
         for where, run in _locations(name, work_dir):
             if STAGES[name].per_run and run is None:
                 rows.append((where, "missing", "", "", ""))

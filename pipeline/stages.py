@@ -29,6 +29,7 @@ class RunOptions:
     """Command-line switches that change how (not what) a stage runs."""
 
     force: bool = False
+    resume: str = "auto"  # train: continue from the last checkpoint ("auto") or start over ("never")
     no_rerun: bool = False
     retry_failed: bool = False
     repair: bool = False
@@ -51,7 +52,7 @@ class Stage:
     needs: tuple = ()  # upstream stages whose manifests are required inputs
     uses: tuple = ()  # upstream stages whose manifests are inputs when they exist
     settings: Callable[[Config], dict] | None = None  # the config its outputs depend on
-    run: Callable | None = None  # (cfg, stage_dir, work_dir, options) -> StageResult; None = not built
+    run: Callable | None = None  # (cfg, stage_dir, work_dir, options) -> StageResult
     per_run: bool = False  # one folder per method run: <work_dir>/<stage>/<run>/
 
 
@@ -179,6 +180,21 @@ def run_extract_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: Run
     return StageResult(outputs, summary)
 
 
+# ----------------------------------------------------------------------------------------- train
+
+def train_settings(cfg: Config) -> dict:
+    return {**cfg.train.model_dump(), "seed": cfg.seed}
+
+
+def run_train_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
+    from train.stage import run_train
+
+    summary, outputs = run_train(cfg.train, work_dir / "extract", work_dir / "split", stage_dir, seed=cfg.seed,
+                                 identity={"config_hash": config_hash(train_settings(cfg))},
+                                 resume=options.resume == "auto" and not options.force, progress=options.progress)
+    return StageResult(outputs, summary)
+
+
 # -------------------------------------------------------------------------------------- evaluate
 
 PREDICTIONS = "predictions.npz"  # what the train stage leaves for evaluate: scores, video_ids
@@ -194,6 +210,7 @@ def run_info(work_dir: Path, cfg: Config) -> dict:
     if train is not None:
         info.update({k: train.config[k] for k in ("method", "select_on") if k in train.config})
         info["config_id"] = config_hash({k: v for k, v in train.config.items() if k != "seed"})[:12]
+        info["head"] = train.config.get("head")
     return info
 
 
@@ -218,7 +235,7 @@ STAGES = {
     "split": Stage("split", "build train/val/test membership, class counts and head/medium/tail groups",
                    needs=("ingest",), uses=("extract",), settings=split_settings, run=run_split),
     "train": Stage("train", "train long-tailed methods on the features", needs=("extract", "split"),
-                   per_run=True),
+                   settings=train_settings, run=run_train_stage, per_run=True),
     "evaluate": Stage("evaluate", "mAP (overall/head/medium/tail), Acc@1/5, test profiles, tables, plots",
                       needs=("split",), uses=("train",), settings=lambda cfg: cfg.evaluate.model_dump(),
                       run=run_evaluate_stage, per_run=True),

@@ -35,3 +35,51 @@ def write_videolt(root: Path, classes=VIDEOLT_CLASSES) -> Path:
 @pytest.fixture
 def videolt_dir(tmp_path) -> Path:
     return write_videolt(tmp_path / "videolt")
+
+
+def write_feature_work_dir(work_dir: Path, num_classes=4, per_class=(24, 12, 6, 3), dim=16, seed=0):
+    """A work dir as ingest + extract + split leave it, with synthetic but learnable features.
+
+    Class c's videos have frames ``prototype_c + noise`` (3..12 frames each). Written through the
+    pipeline's own stages (ingest, split) and the store's public writer (extract).
+    """
+    import numpy as np
+    import pandas as pd
+
+    from extract.store import ShardWriter
+    from manifests.manifest import build_manifest, write_manifest
+    from pipeline.cli import main
+
+    rng = np.random.default_rng(seed)
+    data = work_dir.parent / f"{work_dir.name}-labels"
+    data.mkdir(parents=True, exist_ok=True)
+    rows, n = [], 0
+    for split, counts in (("train", per_class), ("val", (3,) * num_classes), ("test", (4,) * num_classes)):
+        for c, count in enumerate(counts):
+            for _ in range(count):
+                rows.append((f"v{n:04d}", "", str(c), split))
+                n += 1
+    pd.DataFrame(rows, columns=["video_id", "path", "labels", "split"]).to_csv(data / "labels.csv", index=False)
+    args = ["--set", "dataset.format=csv", "--set", f"dataset.root={data / 'labels.csv'}",
+            "--set", "split.head=10", "--set", "split.tail=4", "--work-dir", str(work_dir)]
+    assert main(["run", "-q", "--stage", "ingest", *args]) == 0
+    prototypes = rng.normal(size=(num_classes, dim)) * 2
+    extract = work_dir / "extract"
+    extract.mkdir(parents=True)
+    writer = ShardWriter(extract, "shard-00000.h5", dim, "float16")
+    statuses = []
+    for video_id, _, label, _ in rows:
+        frames = int(rng.integers(3, 13))
+        writer.add(video_id, prototypes[int(label)] + rng.normal(size=(frames, dim)), {})
+        statuses.append((video_id, "ok", frames, "shard-00000.h5", "synthetic", None))
+    writer.close()
+    pd.DataFrame(statuses, columns=["video_id", "status", "num_frames", "shard", "decoder", "error"]).to_parquet(
+        extract / "videos.parquet")
+    from pipeline.config import load_config
+
+    cfg = load_config(None, tuple(args[1:6:2]))
+    write_manifest(extract, build_manifest("extract", extract, cfg.extract.model_dump(),
+                                           {"ingest/manifest.json": work_dir / "ingest" / "manifest.json"},
+                                           ["videos.parquet", "shard-00000.h5"], {}))
+    assert main(["run", "-q", "--stage", "split", *args]) == 0
+    return args

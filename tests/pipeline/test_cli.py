@@ -135,9 +135,11 @@ def test_work_dir_can_be_moved(videolt_dir, tmp_path, capsys):
     assert "ingest    done" in out and "split     done" in out
 
 
-def test_unbuilt_stage_is_refused_plainly(capsys):
-    assert run("run", "--stage", "train") == 2
-    assert "the train stage is not built yet" in capsys.readouterr().err
+def test_stage_without_its_upstream_is_refused(videolt_dir, tmp_path, capsys):
+    assert run("run", "--stage", "train", *videolt_args(videolt_dir, tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert "stage 'train' needs 'extract', which has not run" in err
+    assert "run `python -m pipeline run --stage extract` with the same config first" in err
 
 
 def fake_extract(work, ok_ids, failed):

@@ -1,0 +1,138 @@
+"""The train stage on synthetic features: learning, every method, determinism, resume, refusals."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from manifests.frames import random_indices, uniform_indices
+from pipeline.cli import main
+from train import loop
+from train.checkpoints import load
+from train.data import FeatureBank
+
+FAST = ["--set", "train.epochs=4", "--set", "train.batch_size=16", "--set", "train.hidden=32",
+        "--set", "train.eval_every=2", "--set", "train.train_frames=6", "--set", "train.eval_frames=10",
+        "--set", "train.lr=0.003", "--no-progress", "-q"]
+
+
+@pytest.fixture
+def work(tmp_path):
+    from conftest import write_feature_work_dir
+
+    run = tmp_path / "run"
+    return run, write_feature_work_dir(run)
+
+
+def train(args, *extra):
+    return main(["run", "--stage", "train", *args, *FAST, *extra])
+
+
+def weights(run, method="baseline", name="last.pt"):
+    return load(run / "train" / method / name)["model"]
+
+
+def test_index_rules():
+    counts = np.bincount(uniform_indices(7, 150))
+    assert counts.tolist() == [25, 25, 25, 25, 25, 24, 1]
+    assert uniform_indices(200, 150)[:10].tolist() == [0, 1, 2, 4, 5, 6, 8, 9, 10, 12]
+    drawn = random_indices(3, 60, np.random.default_rng(0))
+    assert len(drawn) == 60 and np.all(np.diff(drawn) >= 0) and set(drawn) == {0, 1, 2}
+
+
+def test_feature_bank_ram_and_disk_agree(work):
+    run, _ = work
+    ids = ["v0000", "v0031", "v0050"]
+    ram, disk = FeatureBank(run / "extract", ids, cache="ram"), FeatureBank(run / "extract", ids, cache="none")
+    frames = [np.array([0, 0, 2]), np.array([1, 2, 1]), np.array([2, 1, 0])]
+    assert ram.cache == "ram" and disk.cache == "none"
+    assert torch.equal(ram.clips([0, 1, 2], frames), disk.clips([0, 1, 2], frames))
+    assert ram.clips([2], [np.array([0])]).dtype == torch.float32
+
+
+def test_baseline_learns_and_evaluates(work):
+    run, args = work
+    assert train(args, "--set", "train.epochs=12", "--set", "train.eval_every=4") == 0
+    manifest = json.loads((run / "train" / "baseline" / "manifest.json").read_text())
+    summary = manifest["summary"]
+    assert summary["select_on"] == "val" and summary["best_epoch"] in (3, 7, 11)
+    assert summary["selection_metrics"]["mAP"] > 0.9  # the synthetic classes are separable
+    with np.load(run / "train" / "baseline" / "predictions.npz") as pred:
+        assert pred["scores"].shape == (16, 4) and str(pred["method"]) == "baseline"
+    log = [json.loads(line) for line in (run / "train" / "baseline" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == list(range(12)) and log[-1]["loss"] < log[0]["loss"]
+    assert log[0]["lr"] == pytest.approx(0.003)
+    assert main(["run", "--stage", "evaluate", *args, *FAST, "--set", "train.epochs=12",
+                 "--set", "train.eval_every=4"]) == 0
+    metrics = json.loads((run / "evaluate" / "baseline" / "metrics.json").read_text())
+    assert metrics["run"]["method"] == "baseline" and metrics["run"]["select_on"] == "val"
+    assert metrics["metrics"]["mAP"] > 0.8
+
+
+def test_every_method_trains(work):
+    run, args = work
+    methods = ["focal", "ldam_drw", "eql", "cb_loss", "cbs", "srs", "mixup", "framestack"]
+    assert train(args, "--set", f"train.method=[{','.join(methods)}]") == 0
+    for method in methods:
+        log = [json.loads(x) for x in (run / "train" / method / "log.jsonl").read_text().splitlines()]
+        assert len(log) == 4 and all(np.isfinite(r["loss"]) for r in log), method
+    assert load(run / "train" / "framestack" / "last.pt")["recipe"]["previous_ap"].shape == (4,)
+
+
+def test_cpu_training_is_bit_reproducible(work, tmp_path):
+    run, args = work
+    assert train(args) == 0
+    first = weights(run)
+    assert train(args, "--force") == 0
+    second = weights(run)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_interrupted_training_resumes_to_the_same_weights(work, monkeypatch):
+    run, args = work
+    assert train(args, "--set", "train.method=mixup") == 0
+    uninterrupted = weights(run, "mixup")
+    original = loop.Trainer.train_epoch
+
+    def crash_at_epoch_2(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(loop.Trainer, "train_epoch", crash_at_epoch_2)
+    assert train(args, "--set", "train.method=mixup", "--force") == 130
+    assert load(run / "train" / "mixup" / "last.pt")["epoch"] == 2
+    monkeypatch.setattr(loop.Trainer, "train_epoch", original)
+    assert train(args, "--set", "train.method=mixup") == 0
+    resumed = weights(run, "mixup")
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in resumed)
+    summary = json.loads((run / "train" / "mixup" / "manifest.json").read_text())["summary"]
+    assert summary["resumed"] is True
+
+
+def test_checkpoint_of_another_config_is_refused(work, capsys, monkeypatch):
+    run, args = work
+    original = loop.Trainer.train_epoch
+
+    def crash(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(loop.Trainer, "train_epoch", crash)
+    assert train(args) == 130
+    monkeypatch.setattr(loop.Trainer, "train_epoch", original)
+    assert train(args, "--set", "train.lr=0.01") == 2
+    err = capsys.readouterr().err
+    assert "belongs to another run (config_hash" in err and "--resume never" in err
+    assert train(args, "--set", "train.lr=0.01", "--resume", "never") == 0
+
+
+def test_nan_loss_stops_with_a_message(work, capsys, monkeypatch):
+    run, args = work
+    from train import methods
+
+    monkeypatch.setattr(methods.Recipe, "training_loss", lambda self, x, y, chosen, g: torch.tensor(float("nan")))
+    assert train(args) == 1
+    assert "training diverged: the baseline loss is nan at epoch 0, batch 0" in capsys.readouterr().err

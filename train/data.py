@@ -1,0 +1,99 @@
+"""Training data: per-video features from the extract store, sampled into fixed-length clips.
+
+Clips are built a whole batch at a time. Every random draw is a function of (seed, epoch, batch),
+so a run is reproducible and resumes exactly, whichever process builds the batch. Features are
+read from a packed float16 copy in RAM (or on the GPU) when it fits, else from the store's shards
+by loader processes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import psutil
+import torch
+
+from extract.store import FeatureStore
+from manifests.frames import random_indices, uniform_indices
+
+RAM_FRACTION = 0.5  # cache=auto packs features in RAM when they take at most this share of free memory
+
+
+class FeatureBank:
+    """Features of a fixed list of videos, addressable by position in that list."""
+
+    def __init__(self, store_dir, video_ids, cache: str = "auto", device: torch.device | None = None):
+        self.store = FeatureStore(store_dir)
+        missing = [v for v in video_ids if v not in self.store]
+        if missing:
+            raise KeyError(f"{len(missing)} videos have no features in {store_dir} (e.g. {missing[:3]})")
+        self.video_ids = list(video_ids)
+        self.lengths = self.store.lengths(self.video_ids)
+        self.dim = int(self.store.feature_dim)
+        if cache == "auto":
+            needed = int(self.lengths.sum()) * self.dim * np.dtype(self.store.dtype).itemsize
+            cache = "ram" if needed <= RAM_FRACTION * psutil.virtual_memory().available else "none"
+        self.cache = cache
+        self.packed = self.offsets = None
+        if cache in ("ram", "gpu"):
+            packed, self.offsets = self.store.load_packed(self.video_ids)
+            self.packed = torch.from_numpy(packed)
+            if cache == "gpu":
+                self.packed = self.packed.to(device)
+
+    def clips(self, positions, frames) -> torch.Tensor:
+        """(B, T, D) float32 features of the videos at ``positions``, frame rows ``frames[i]``."""
+        if self.packed is not None:
+            rows = np.concatenate([self.offsets[p] + f for p, f in zip(positions, frames)])
+            index = torch.from_numpy(rows).to(self.packed.device)
+            return self.packed[index].view(len(positions), -1, self.dim).float()
+        arrays = [self.store.get(self.video_ids[p], f, dtype=np.float32) for p, f in zip(positions, frames)]
+        return torch.from_numpy(np.stack(arrays))
+
+
+def batch_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
+    """The random stream of one training batch."""
+    return np.random.default_rng([seed, epoch, batch])
+
+
+def train_frames(lengths, num_frames: int, rng: np.random.Generator) -> list:
+    """Random training frame indices of each video (sorted, with replacement)."""
+    return [random_indices(int(n), num_frames, rng) for n in lengths]
+
+
+def eval_frames(lengths, num_frames: int) -> list:
+    """Uniform evaluation frame indices of each video."""
+    return [uniform_indices(int(n), num_frames) for n in lengths]
+
+
+def multi_hot(labels, num_classes: int) -> torch.Tensor:
+    """(B, C) float32 0/1 targets from lists of class indices."""
+    y = torch.zeros(len(labels), num_classes)
+    for i, row in enumerate(labels):
+        y[i, list(row)] = 1.0
+    return y
+
+
+class EpochBatches(torch.utils.data.Dataset):
+    """Batch ``i`` of one training epoch: (features, targets, chosen classes or -1, video positions).
+
+    A Dataset of whole batches, so loader processes can build them in parallel while staying
+    deterministic (``batch_size=None`` in the DataLoader).
+    """
+
+    def __init__(self, bank: FeatureBank, labels: list, num_classes: int, batches: list, chosen: list | None,
+                 num_frames: int, seed: int, epoch: int):
+        self.bank, self.labels, self.num_classes = bank, labels, num_classes
+        self.batches, self.chosen = batches, chosen
+        self.num_frames, self.seed, self.epoch = num_frames, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        positions = self.batches[i]
+        rng = batch_rng(self.seed, self.epoch, i)
+        frames = train_frames(self.bank.lengths[positions], self.num_frames, rng)
+        x = self.bank.clips(positions, frames)
+        y = multi_hot([self.labels[p] for p in positions], self.num_classes)
+        chosen = torch.as_tensor(self.chosen[i]) if self.chosen is not None else torch.full((len(positions),), -1)
+        return x, y, chosen, torch.as_tensor(positions)

@@ -1,0 +1,232 @@
+"""The training loop shared by every method: epochs, evaluation, selection, checkpoints, resume.
+
+Reproducibility: every random draw of epoch e (shuffling, re-sampling, frame indices, dropout,
+augmentations) is seeded from (seed, e), so a run killed at any point and resumed from its last
+epoch checkpoint finishes with the same weights as an uninterrupted one (bit-exact on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from evaluate.metrics import compute
+from manifests.errors import StageFailed
+from manifests.files import write_text_atomic
+from train import checkpoints
+from train.config import TrainConfig
+from train.data import EpochBatches, FeatureBank, eval_frames
+from train.methods import Recipe
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass
+class SplitData:
+    """Videos of one split: positions in the feature bank and label lists."""
+
+    positions: np.ndarray
+    labels: list
+    video_ids: list
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed derived from integers (e.g. run seed, epoch, batch)."""
+    return int(np.random.default_rng(list(parts)).integers(2**63 - 1))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, amp: str):
+    """Mixed precision on GPU (bf16 where supported), nothing on CPU."""
+    if device.type != "cuda" or amp == "off":
+        return torch.autocast(device.type, enabled=False)
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.autocast("cuda", dtype=torch.float16)
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """Step schedule: ``lr * gamma ** #{s in lr_steps : epoch >= s}``."""
+    return cfg.lr * cfg.lr_gamma ** sum(epoch >= s for s in cfg.lr_steps)
+
+
+@torch.inference_mode()
+def predict(model, bank: FeatureBank, data: SplitData, cfg: TrainConfig, device) -> np.ndarray:
+    """(N, C) float32 logits of a split, on ``eval_frames`` uniform frames per video."""
+    model.eval()
+    out = []
+    for start in range(0, len(data.positions), cfg.batch_size):
+        positions = data.positions[start:start + cfg.batch_size]
+        x = bank.clips(positions, eval_frames(bank.lengths[positions], cfg.eval_frames)).to(device)
+        with autocast(device, cfg.amp):
+            out.append(model(x).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def scores_for_metrics(logits: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """The reference ranks post-sigmoid float32 scores (saturation ties); the default ranks logits."""
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float32))) if cfg.compat == "reference" else logits
+
+
+def targets_of(labels: list, num_classes: int) -> np.ndarray:
+    targets = np.zeros((len(labels), num_classes), dtype=np.uint8)
+    for i, row in enumerate(labels):
+        targets[i, row] = 1
+    return targets
+
+
+class Trainer:
+    """Trains one recipe on one split; owns its run folder (checkpoints, logs)."""
+
+    def __init__(self, recipe: Recipe, cfg: TrainConfig, bank: FeatureBank, splits: dict, class_counts,
+                 seed: int, run_dir: Path, identity: dict, groups: tuple, progress: bool = True):
+        self.recipe, self.cfg, self.bank, self.splits = recipe, cfg, bank, splits
+        self.class_counts = np.asarray(class_counts)
+        self.num_classes = len(self.class_counts)
+        self.seed, self.run_dir, self.identity, self.progress = seed, Path(run_dir), identity, progress
+        self.head, self.tail = groups
+        self.device = resolve_device(cfg.device)
+        self.model = recipe.model.to(self.device)
+        self.optimizer = torch.optim.Adam(recipe.parameters(), lr=cfg.lr)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.amp == "fp16")
+        self.epoch = 0
+        self.best = None
+        self.history = []
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict:
+        return {**self.identity, "epoch": self.epoch, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "recipe": self.recipe.state_dict(), "best": self.best, "history": self.history}
+
+    def resume(self) -> bool:
+        """Continue from ``last.pt`` when it exists (refused if it belongs to another run)."""
+        path = self.run_dir / checkpoints.LAST
+        if not path.exists():
+            return False
+        state = checkpoints.load(path)
+        checkpoints.check_compatible(state, self.identity, path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.recipe.load_state_dict(state["recipe"])
+        self.epoch, self.best, self.history = state["epoch"], state["best"], state["history"]
+        log.info("resuming %s from epoch %d (%s)", self.recipe.name, self.epoch, path)
+        return True
+
+    # ------------------------------------------------------------------ training
+    def epoch_batches(self, epoch: int) -> EpochBatches:
+        train = self.splits["train"]
+        picked = None
+        if self.recipe.sampler is not None:
+            from train.samplers import ClassAwareSampler
+
+            sampler = ClassAwareSampler(train.labels, self.num_classes, self.recipe.sampler, seed=self.seed)
+            sampler.set_epoch(epoch)
+            draws = np.array(list(sampler), dtype=np.int64).reshape(-1, 2)
+            order, picked = draws[:, 0], draws[:, 1]
+        else:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(train.positions))
+        cuts = range(0, len(order), self.cfg.batch_size)
+        batches = [train.positions[order[i:i + self.cfg.batch_size]] for i in cuts]
+        chosen = None if picked is None else [picked[i:i + self.cfg.batch_size] for i in cuts]
+        labels = {int(p): l for p, l in zip(train.positions, train.labels)}
+        return EpochBatches(self.bank, labels, self.num_classes, batches, chosen, self.cfg.train_frames,
+                            self.seed, epoch)
+
+    def loader(self, dataset: EpochBatches):
+        if self.bank.packed is not None or self.cfg.num_workers == 0:
+            return (dataset[i] for i in range(len(dataset)))
+        return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=self.cfg.num_workers,
+                                           pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    def train_epoch(self, epoch: int) -> float:
+        self.model.train()
+        torch.manual_seed(derived_seed(self.seed, epoch))
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.cfg, epoch)
+        self.recipe.start_epoch(epoch)
+        dataset = self.epoch_batches(epoch)
+        total, count = 0.0, 0
+        for b, (x, y, chosen, _) in enumerate(self.loader(dataset)):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            generator = torch.Generator().manual_seed(derived_seed(self.seed, epoch, b))
+            with autocast(self.device, self.cfg.amp):
+                loss = self.recipe.training_loss(x, y, chosen.to(self.device), generator)
+            if not torch.isfinite(loss):
+                raise StageFailed(f"training diverged: the {self.recipe.name} loss is {loss.item()} at epoch {epoch}, "
+                                  f"batch {b}; the last good checkpoint is kept in {self.run_dir}. Lower "
+                                  "train.lr or check the features for extreme values")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.cfg.grad_clip is not None and self.recipe.clip_parameters():
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.recipe.clip_parameters(), self.cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+        self.recipe.end_epoch()
+        return total / max(count, 1)
+
+    def evaluate(self, split: str) -> dict:
+        data = self.splits[split]
+        logits = predict(self.model, self.bank, data, self.cfg, self.device)
+        result = compute(scores_for_metrics(logits, self.cfg), targets_of(data.labels, self.num_classes),
+                         self.class_counts, head=self.head, tail=self.tail)
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in result.items() if k in ("mAP", "head", "medium", "tail", "acc1", "acc5")}
+
+    def fit(self) -> dict:
+        """Train to ``cfg.epochs``, keeping the best checkpoint on ``cfg.select_on``."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.epoch)
+        epochs = tqdm(range(self.epoch, self.cfg.epochs), initial=self.epoch, total=self.cfg.epochs,
+                      desc=f"train {self.recipe.name}", unit="epoch", disable=not self.progress)
+        for epoch in epochs:
+            started = time.perf_counter()
+            loss = self.train_epoch(epoch)
+            row = {"epoch": epoch, "loss": loss, "lr": learning_rate(self.cfg, epoch)}
+            if (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs:
+                row[self.cfg.select_on] = self.evaluate(self.cfg.select_on)
+                if self.best is None or row[self.cfg.select_on]["mAP"] > self.best["mAP"]:
+                    self.best = {"epoch": epoch, **row[self.cfg.select_on]}
+                    checkpoints.save(self.run_dir / checkpoints.BEST,
+                                     {**self.identity, "epoch": epoch, "model": self.model.state_dict()})
+            row["seconds"] = round(time.perf_counter() - started, 3)
+            self.history.append(row)
+            self.epoch = epoch + 1
+            checkpoints.save(self.run_dir / checkpoints.LAST, self.state())
+            self.write_logs(writer, row)
+            epochs.set_postfix(loss=f"{loss:.4f}", best_mAP=f"{self.best['mAP']:.3f}" if self.best else "-")
+        writer.close()
+        return self.best
+
+    def write_logs(self, writer, row: dict) -> None:
+        write_text_atomic(self.run_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        writer.add_scalar("loss/train", row["loss"], row["epoch"])
+        writer.add_scalar("lr", row["lr"], row["epoch"])
+        for key, value in row.get(self.cfg.select_on, {}).items():
+            if value is not None:
+                writer.add_scalar(f"{self.cfg.select_on}/{key}", value, row["epoch"])
+
+    def predict_best(self, split: str) -> np.ndarray:
+        """Logits of ``split`` from the selected (best) checkpoint."""
+        state = checkpoints.load(self.run_dir / checkpoints.BEST)
+        self.model.load_state_dict(state["model"])
+        return predict(self.model, self.bank, self.splits[split], self.cfg, self.device)

@@ -1,0 +1,135 @@
+"""Methods as short recipes: a head, a loss, an optional re-sampler and batch augmentation.
+
+The training loop (``train.loop``) is the same for every method; it calls the hooks below.
+REFERENCE.md section 3.7 gives the published settings each recipe reproduces.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from evaluate.metrics import average_precision
+from train import augment, losses, models
+from train.config import TrainConfig
+
+
+class Recipe:
+    """Plain training: ``loss(model(x), y)``; subclasses change the loss, sampling or batch."""
+
+    loss_name = "bce"
+    loss_defaults: dict = {}
+    sampler: str | None = None  # "cbs" | "srs": class-aware re-sampling with the loss mask
+
+    def __init__(self, name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts):
+        self.name, self.cfg = name, cfg
+        self.model = models.build(cfg.head, in_dim, num_classes, hidden=cfg.hidden)
+        self.criterion = losses.build(self.loss_name, np.asarray(class_counts), **{**self.loss_defaults, **cfg.loss})
+
+    def parameters(self):
+        """Parameters the optimiser updates."""
+        return self.model.parameters()
+
+    def clip_parameters(self):
+        """Parameters whose global gradient norm is clipped (the reference clips the classifier)."""
+        return list(self.model.parameters())
+
+    def start_epoch(self, epoch: int) -> None:
+        self.criterion.set_epoch(epoch)
+
+    def training_loss(self, x, y, chosen, generator: torch.Generator) -> torch.Tensor:
+        """Loss of one training batch; ``chosen`` holds the re-sampled class per video (or -1)."""
+        mask = None
+        if self.sampler is not None:
+            from train.samplers import resample_mask
+
+            mask = resample_mask(y, chosen)
+        return self.criterion(self.model(x), y, mask=mask)
+
+    def end_epoch(self) -> None:
+        """Called after the last batch of an epoch."""
+
+    def state_dict(self) -> dict:
+        """Method state beyond the model's weights (saved in checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+class Focal(Recipe):
+    loss_name = "focal"
+
+
+class LdamDrw(Recipe):
+    loss_name = "ldam_drw"
+
+
+class Eql(Recipe):
+    loss_name = "eql"
+
+
+class CbLoss(Recipe):
+    loss_name = "cb"
+
+
+class Cbs(Recipe):
+    sampler = "cbs"
+
+
+class Srs(Recipe):
+    sampler = "srs"
+
+
+class Mixup(Recipe):
+    def training_loss(self, x, y, chosen, generator):
+        x, y, _ = augment.mixup(x, y, generator)
+        return self.criterion(self.model(x), y)
+
+
+class FrameStack(Recipe):
+    """Focal loss (gamma 1) with FrameStack from epoch 1, driven by the previous epoch's per-class
+    AP of the model's own training predictions (train mode, un-augmented clips)."""
+
+    loss_name = "focal"
+    loss_defaults = {"gamma": 1.0}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.previous_ap = None  # per-class AP of the last finished epoch
+        self._scores, self._targets = [], []
+
+    def training_loss(self, x, y, chosen, generator):
+        if self.previous_ap is not None:
+            ap = self.previous_ap.to(x.device)
+            x_mixed, y_mixed = augment.framestack_batch(x, y, ap, self.cfg.framestack_ratio, generator)
+        else:
+            x_mixed, y_mixed = x, y
+        loss = self.criterion(self.model(x_mixed), y_mixed)
+        with torch.no_grad():  # the AP source: the running model on the un-augmented batch
+            self._scores.append(torch.sigmoid(self.model(x)).float().cpu())
+            self._targets.append(y.cpu().to(torch.uint8))
+        return loss
+
+    def end_epoch(self):
+        scores = torch.cat(self._scores).numpy()
+        targets = torch.cat(self._targets).numpy()
+        self.previous_ap = torch.from_numpy(average_precision(scores, targets)).float()
+        self._scores, self._targets = [], []
+
+    def state_dict(self):
+        return {"previous_ap": self.previous_ap}
+
+    def load_state_dict(self, state):
+        self.previous_ap = state.get("previous_ap")
+
+
+RECIPES = {"baseline": Recipe, "focal": Focal, "ldam_drw": LdamDrw, "eql": Eql, "cb_loss": CbLoss,
+           "cbs": Cbs, "srs": Srs, "mixup": Mixup, "framestack": FrameStack}
+
+
+def build(name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts) -> Recipe:
+    """The recipe of method ``name``."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown method {name!r}; valid: {', '.join(RECIPES)}")
+    return RECIPES[name](name, cfg, in_dim, num_classes, class_counts)

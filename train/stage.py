@@ -1,0 +1,76 @@
+"""The train stage: one method on the extract stage's features and the split stage's lists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from manifests import tables
+from manifests.errors import UserError
+from manifests.files import atomic_path
+from manifests.manifest import read_manifest
+from train import checkpoints, methods
+from train.config import TrainConfig
+from train.data import FeatureBank
+from train.loop import SplitData, Trainer, derived_seed
+
+PREDICTIONS = "predictions.npz"
+
+
+def load_splits(split_dir: Path, bank_ids: list) -> dict:
+    """Train/val/test of the split stage as positions into one list of video ids."""
+    videos = tables.read_split_videos(split_dir)
+    position = {v: i for i, v in enumerate(bank_ids)}
+    out = {}
+    for split in ("train", "val", "test"):
+        rows = videos[videos.split == split]
+        out[split] = SplitData(np.array([position[v] for v in rows.video_id], dtype=np.int64),
+                               list(rows.labels), list(rows.video_id))
+    return out
+
+
+def run_train(cfg: TrainConfig, extract_dir: Path, split_dir: Path, run_dir: Path, *, seed: int,
+              identity: dict, resume: bool = True, progress: bool = True) -> tuple:
+    """Train ``cfg``'s single method; write checkpoints, logs and test predictions.
+
+    Returns ``(summary, output file names)``. ``identity`` (config hash etc.) guards resuming.
+    """
+    (method,) = cfg.methods()
+    split_summary = read_manifest(split_dir).summary
+    thresholds = split_summary["thresholds"]
+    classes = tables.read_classes(split_dir)
+    videos = tables.read_split_videos(split_dir)
+    bank_ids = list(dict.fromkeys(videos.video_id))
+    for split in ("train", cfg.select_on, "test"):
+        if not (videos.split == split).any():
+            raise UserError(f"the split in {split_dir} has no {split!r} videos, which training needs "
+                            f"(train.select_on={cfg.select_on})")
+    try:
+        bank = FeatureBank(extract_dir, bank_ids, cache=cfg.cache)
+    except KeyError as exc:
+        raise UserError(f"{exc.args[0]}; re-run the split stage so it drops videos without features") from None
+    counts = classes.train_count.to_numpy()
+    torch.manual_seed(derived_seed(seed))  # the initial weights
+    recipe = methods.build(method, cfg, bank.dim, len(classes), counts)
+    identity = {**identity, "method": method, "num_classes": len(classes), "feature_dim": bank.dim}
+    trainer = Trainer(recipe, cfg, bank, load_splits(split_dir, bank_ids), counts, seed, run_dir,
+                      identity, (thresholds["head"], thresholds["tail"]), progress=progress)
+    if not resume:
+        for name in (checkpoints.LAST, checkpoints.BEST):
+            (Path(run_dir) / name).unlink(missing_ok=True)
+    resumed = trainer.resume() if resume else False
+    best = trainer.fit()
+    logits = trainer.predict_best("test")
+    test = trainer.splits["test"]
+    with atomic_path(Path(run_dir) / PREDICTIONS) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, scores=logits, video_ids=np.array(test.video_ids, dtype=str), method=method,
+                 select_on=cfg.select_on, seed=seed)
+    summary = {"method": method, "head": cfg.head, "best_epoch": best["epoch"], "select_on": cfg.select_on,
+               "selection_metrics": {k: v for k, v in best.items() if k != "epoch"}, "mAP": best["mAP"],
+               "epochs": cfg.epochs, "resumed": resumed, "feature_cache": bank.cache,
+               "parameters": sum(p.numel() for p in recipe.model.parameters()),
+               "seconds_per_epoch": float(np.mean([r["seconds"] for r in trainer.history])),
+               "checkpoint": checkpoints.BEST}
+    return summary, [PREDICTIONS, checkpoints.BEST, checkpoints.LAST, "log.jsonl"]
