@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evaluate.config import EvaluateConfig
 from extract.config import ExtractConfig
-from train.config import TrainConfig
+from train.config import MedcConfig, MoveConfig, TrainConfig
 from manifests.errors import UserError
 
 PACKAGE_CONFIGS = Path(__file__).parent / "configs"
@@ -62,6 +62,8 @@ class Config(Section):
     extract: ExtractConfig = ExtractConfig()
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
+    move: MoveConfig = MoveConfig()
+    medc: MedcConfig = MedcConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 
 

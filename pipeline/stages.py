@@ -183,13 +183,19 @@ def run_extract_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: Run
 # ----------------------------------------------------------------------------------------- train
 
 def train_settings(cfg: Config) -> dict:
-    return {**cfg.train.model_dump(), "seed": cfg.seed}
+    """The train config a run depends on, with the method's own section (move, medc) when it has one."""
+    settings = {**cfg.train.model_dump(), "seed": cfg.seed}
+    for method in ("move", "medc"):
+        if cfg.train.method == method:
+            settings[method] = getattr(cfg, method).model_dump()
+    return settings
 
 
 def run_train_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
     from train.stage import run_train
 
     summary, outputs = run_train(cfg.train, work_dir / "extract", work_dir / "split", stage_dir, seed=cfg.seed,
+                                 method_options={"move": cfg.move, "medc": cfg.medc},
                                  identity={"config_hash": config_hash(train_settings(cfg))},
                                  resume=options.resume == "auto" and not options.force, progress=options.progress)
     return StageResult(outputs, summary)

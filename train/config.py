@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-METHODS = ("baseline", "focal", "ldam_drw", "eql", "cb_loss", "cbs", "srs", "mixup", "framestack")
-Method = Literal["baseline", "focal", "ldam_drw", "eql", "cb_loss", "cbs", "srs", "mixup", "framestack"]
+METHODS = ("baseline", "focal", "ldam_drw", "eql", "cb_loss", "cbs", "srs", "mixup", "framestack", "move", "medc")
+Method = Literal["baseline", "focal", "ldam_drw", "eql", "cb_loss", "cbs", "srs", "mixup", "framestack", "move", "medc"]
 
 
 class TrainConfig(BaseModel):
@@ -59,3 +59,39 @@ class TrainConfig(BaseModel):
         """Folder name of a single-method run: the method, plus the head when not the default."""
         (method,) = self.methods()
         return method if self.head == "lateavg" else f"{method}+{self.head}"
+
+
+class MoveConfig(BaseModel):
+    """MOVE (AAAI'23): dynamic frame sampler, PSA + NetVLAD aggregators, extrapolation, calibrated mixing."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    lb: float = Field(3.0, ge=0, description="sigma: the floor of the per-class lower bound of kept frames")
+    calib_bias: float = Field(0.5, description="gamma of the calibrated targets clamp(mix * (1 - c~ + gamma), 0, 1)")
+    extrapolation: bool = Field(True, description="dynamic extrapolation between the two views")
+    interpolation: bool = Field(True, description="calibrated interpolation (mixup with calibrated targets)")
+    aggregators: Literal["psa", "netvlad", "both"] = Field("both", description="which aggregators")
+    clusters: int = Field(64, ge=1, description="NetVLAD clusters")
+    vlad_hidden: int = Field(1024, ge=1, description="NetVLAD output width")
+    n_head: int = Field(4, ge=1, description="PSA attention heads")
+
+
+class MedcConfig(BaseModel):
+    """MEDC (TMM'23, our specification): three distribution experts with mean/variance branches."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    trunk: Literal["mlp", "aggregators"] = Field("mlp", description="shared trunk: frame-wise MLP or MOVE's aggregators")
+    trunk_dim: int = Field(1024, ge=1, description="H: width of the shared trunk")
+    expert_dim: int = Field(512, ge=1, description="d: width of each expert")
+    experts: list[Literal["lt", "uni", "inv"]] = Field(["lt", "uni", "inv"], min_length=1,
+                                                       description="which experts (single-expert ablations)")
+    temporal_attention: bool = Field(True, description="variance branch by temporal attention (else FC+BN)")
+    expert_input: Literal["reweight", "resample"] = Field("reweight", description="how experts see other distributions")
+    learnable_weights: bool = Field(False, description="softmax-normalised learnable loss weights (risky)")
+    lambda_mu: float = Field(0.1, ge=0, description="weight of the mean (sorting) loss")
+    lambda_cls: float = Field(1.0, ge=0, description="weight of the classification loss")
+    lambda_sigma: float = Field(0.1, ge=0, description="weight of the region loss")
+    tau: float = Field(0.1, gt=0, description="temperature of the mean (contrastive) loss")
+    inference: Literal["probabilities", "logits"] = Field("probabilities", description="average experts' sigmoid "
+                                                          "outputs (reported as logits of the average) or logits")

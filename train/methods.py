@@ -21,8 +21,9 @@ class Recipe:
     loss_defaults: dict = {}
     sampler: str | None = None  # "cbs" | "srs": class-aware re-sampling with the loss mask
 
-    def __init__(self, name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts):
-        self.name, self.cfg = name, cfg
+    def __init__(self, name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts,
+                 options: dict | None = None):
+        self.name, self.cfg, self.options = name, cfg, options or {}
         self.model = models.build(cfg.head, in_dim, num_classes, hidden=cfg.hidden)
         self.criterion = losses.build(self.loss_name, np.asarray(class_counts), **{**self.loss_defaults, **cfg.loss})
 
@@ -128,8 +129,9 @@ RECIPES = {"baseline": Recipe, "focal": Focal, "ldam_drw": LdamDrw, "eql": Eql, 
            "cbs": Cbs, "srs": Srs, "mixup": Mixup, "framestack": FrameStack}
 
 
-def build(name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts) -> Recipe:
-    """The recipe of method ``name``."""
+def build(name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts,
+          options: dict | None = None) -> Recipe:
+    """The recipe of method ``name``; ``options`` maps a method to its config section (move, medc)."""
     if name not in RECIPES:
         raise ValueError(f"unknown method {name!r}; valid: {', '.join(RECIPES)}")
-    return RECIPES[name](name, cfg, in_dim, num_classes, class_counts)
+    return RECIPES[name](name, cfg, in_dim, num_classes, class_counts, options)

@@ -32,10 +32,12 @@ def load_splits(split_dir: Path, bank_ids: list) -> dict:
 
 
 def run_train(cfg: TrainConfig, extract_dir: Path, split_dir: Path, run_dir: Path, *, seed: int,
-              identity: dict, resume: bool = True, progress: bool = True) -> tuple:
+              identity: dict, method_options: dict | None = None, resume: bool = True,
+              progress: bool = True) -> tuple:
     """Train ``cfg``'s single method; write checkpoints, logs and test predictions.
 
-    Returns ``(summary, output file names)``. ``identity`` (config hash etc.) guards resuming.
+    Returns ``(summary, output file names)``. ``identity`` (config hash etc.) guards resuming;
+    ``method_options`` holds the sections of methods that have one (``{"move": MoveConfig, ...}``).
     """
     (method,) = cfg.methods()
     split_summary = read_manifest(split_dir).summary
@@ -53,7 +55,7 @@ def run_train(cfg: TrainConfig, extract_dir: Path, split_dir: Path, run_dir: Pat
         raise UserError(f"{exc.args[0]}; re-run the split stage so it drops videos without features") from None
     counts = classes.train_count.to_numpy()
     torch.manual_seed(derived_seed(seed))  # the initial weights
-    recipe = methods.build(method, cfg, bank.dim, len(classes), counts)
+    recipe = methods.build(method, cfg, bank.dim, len(classes), counts, method_options or {})
     identity = {**identity, "method": method, "num_classes": len(classes), "feature_dim": bank.dim}
     trainer = Trainer(recipe, cfg, bank, load_splits(split_dir, bank_ids), counts, seed, run_dir,
                       identity, (thresholds["head"], thresholds["tail"]), progress=progress)
