@@ -32,7 +32,10 @@ class Recipe:
         return self.model.parameters()
 
     def clip_parameters(self):
-        """Parameters whose global gradient norm is clipped (the reference clips the classifier)."""
+        """Parameters whose global gradient norm is clipped: all of the late-average model; with
+        the aggregators head only the classifier, as the reference's "Baseline + Agg" does."""
+        if self.cfg.head == "aggregators":
+            return list(self.model.classifier.parameters())
         return list(self.model.parameters())
 
     def start_epoch(self, epoch: int) -> None:
