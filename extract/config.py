@@ -1,0 +1,90 @@
+"""Configuration of the extract stage (validated by pydantic; unknown keys are refused)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BACKBONES = ("efficientnet_lite0", "resnet50", "resnet101", "tsm_r50")
+
+
+class ExtractConfig(BaseModel):
+    """Settings of `extract`: decoding, sampling, backbone, store and runner."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # input
+    source: Literal["videos", "npy"] = Field("videos", description="decode videos, or import per-video .npy features")
+    npy_dir: Optional[str] = Field(None, description="folder of <video_id>.npy files (source=npy)")
+    npy_dim: Optional[int] = Field(None, ge=1, description="expected feature dim of imported .npy (None: most common)")
+
+    # backbone
+    backbone: Literal["efficientnet_lite0", "resnet50", "resnet101", "tsm_r50"] = Field(
+        "efficientnet_lite0", description="feature extractor")
+    weights: Optional[str] = Field(None, description="path of a local weights file (else package/cache)")
+    pretrained: bool = Field(True, description="False = random weights (tests only)")
+    download: bool = Field(True, description="allow downloading weights when no local file is found")
+    tsm_grouping: Literal["interleaved", "consecutive"] = Field(
+        "interleaved", description="how tsm_r50 groups a video's frames into 8-segment clips")
+
+    # sampling and preprocessing
+    sampling: Literal["fixed", "fps"] = Field("fixed", description="fixed: num_frames per video; fps: one per 1/fps s")
+    num_frames: int = Field(150, ge=1, description="frames per video (sampling=fixed)")
+    fps: float = Field(1.0, gt=0, description="frames per second of video (sampling=fps)")
+    max_frames: Optional[int] = Field(None, ge=1, description="cap on frames per video (sampling=fps)")
+    resize: int = Field(256, ge=8, description="short side after resize (bilinear, antialiased)")
+    crop: int = Field(224, ge=8, description="centre crop size")
+    decoder: Literal["auto", "decord", "pyav"] = Field("auto", description="auto: decord, PyAV fallback")
+
+    # compute
+    batch_size: int = Field(64, ge=1, description="frames per forward pass")
+    dtype: Literal["float16", "float32"] = Field("float16", description="stored feature dtype")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="autocast on GPU (auto: bf16 if supported)")
+    num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None: torch default)")
+
+    # runner
+    runner: Literal["inprocess", "ray"] = Field("inprocess", description="in-process loop or Ray fan-out")
+    ray_address: Optional[str] = Field(None, description="None: local Ray; 'auto' or host:port: join a cluster")
+    ray_num_actors: Optional[int] = Field(None, ge=1, description="model actors (None: one per GPU, 1 on CPU)")
+    num_decode_workers: int = Field(1, ge=1, description="decode processes (in-process runner) / tasks in flight")
+    decode_timeout_s: float = Field(60.0, gt=0, description="max seconds a decoder may go without progress")
+
+    # outcome and store
+    max_failure_fraction: float = Field(0.05, ge=0, le=1, description="stage fails when more videos fail")
+    videos_per_shard: int = Field(64, ge=1, description="videos per HDF5 shard file")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v):
+            return v
+        raise ValueError(f"device must be one of 'auto', 'cpu', 'cuda', 'cuda:N' (got {v!r})")
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> "ExtractConfig":
+        if self.crop > self.resize:
+            raise ValueError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
+        return self
+
+    def fingerprint_fields(self) -> dict:
+        """The settings that change the stored features (used to refuse mixing two configs)."""
+        d = {
+            "source": self.source,
+            "backbone": self.backbone,
+            "pretrained": self.pretrained,
+            "sampling": self.sampling,
+            "resize": self.resize,
+            "crop": self.crop,
+            "dtype": self.dtype,
+        }
+        if self.sampling == "fixed":
+            d["num_frames"] = self.num_frames
+        else:
+            d["fps"] = self.fps
+            d["max_frames"] = self.max_frames
+        if self.backbone == "tsm_r50":
+            d["tsm_grouping"] = self.tsm_grouping
+        return d

@@ -1,0 +1,543 @@
+"""The extract stage: videos (or released .npy features) -> feature store + videos.parquet.
+
+Files under the stage directory:
+
+    shard-NNNNN.h5      complete feature shards (see extract/store.py)
+    failures.jsonl      one JSON line per failed attempt (append-only; the latest per video counts)
+    videos.parquet      one row per input video (video_id, status, num_frames, shard, decoder, error)
+    npy_report.csv      per-file report of an npy import (source=npy)
+    extract.log         log of every run in this directory
+    corrupt/            shards moved aside by repair
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+from manifests.errors import StageFailed, UserError
+
+from .config import ExtractConfig
+from .store import (CorruptShardError, FeatureStore, ShardWriter, list_shards, remove_partials, SHARD_RE,
+                    read_shard_index)
+
+log = logging.getLogger("extract")
+MAX_FAILURES_IN_SUMMARY = 50
+MAX_FRAMES_PER_SHARD = 1 << 18  # also rotate shards by size (fps sampling of long videos)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def package_versions() -> dict:
+    out = {}
+    for mod in ("torch", "torchvision", "timm", "decord", "av", "h5py", "numpy", "PIL"):
+        try:
+            m = __import__(mod)
+            out[mod] = getattr(m, "__version__", "?")
+        except Exception:
+            out[mod] = None
+    try:
+        from importlib.metadata import version
+        out["vltr-pipeline"] = version("vltr-pipeline")
+    except Exception:
+        out["vltr-pipeline"] = None
+    out["python"] = sys.version.split()[0]
+    return out
+
+
+def transform_attrs(cfg: ExtractConfig) -> dict:
+    from .decode import IMAGENET_MEAN, IMAGENET_STD
+    return {"resize_short_side": cfg.resize, "interpolation": "bilinear, antialiased (PIL)",
+            "center_crop": cfg.crop, "colour": "RGB", "scale": "1/255", "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD)}
+
+
+def sampling_attrs(cfg: ExtractConfig) -> dict:
+    if cfg.sampling == "fixed":
+        return {"mode": "fixed", "num_frames": cfg.num_frames,
+                "rule": "int(linspace(0, n-1, T)) over the decoder's frame count n (repeats when n < T)"}
+    return {"mode": "fps", "fps": cfg.fps, "max_frames": cfg.max_frames,
+            "rule": "index floor(k*rate/fps), k < ceil(n/rate*fps), from the average frame rate"}
+
+
+def weights_identity(cfg: ExtractConfig) -> str:
+    if cfg.source == "npy":
+        return "npy-import"
+    if cfg.weights:
+        if not os.path.isfile(cfg.weights):
+            raise UserError(f"extract.weights: file not found: {cfg.weights}; give the path of an existing "
+                            "weights file, or leave extract.weights empty to use the package/cache weights")
+        from .backbones import file_sha256
+        return "sha256:" + file_sha256(cfg.weights)
+    return "default" if cfg.pretrained else "random"
+
+
+def fingerprint(cfg: ExtractConfig, wid: str) -> str:
+    d = dict(cfg.fingerprint_fields())
+    d["weights"] = wid
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _input_table(videos: pd.DataFrame) -> list[tuple[str, Optional[str]]]:
+    if not isinstance(videos, pd.DataFrame):
+        raise UserError("extract: the video table must be a pandas DataFrame with columns video_id, path")
+    for col in ("video_id", "path"):
+        if col not in videos.columns:
+            raise UserError(f"extract: the video table has no column {col!r} (columns: {list(videos.columns)})")
+    ids = videos["video_id"].astype(str).tolist()
+    seen, dup = set(), []
+    for v in ids:
+        if v in seen:
+            dup.append(v)
+        seen.add(v)
+        if not v or "/" in v or "\\" in v or v in (".", "..") or "\x00" in v:
+            raise UserError(f"extract: video id {v!r} cannot be used as a file name / HDF5 key; sanitise the ids")
+    if dup:
+        raise UserError(f"extract: {len(dup)} duplicate video ids in the input (e.g. {dup[:3]}); ids must be unique")
+    paths = []
+    for p in videos["path"].tolist():
+        if p is None or (isinstance(p, float) and math.isnan(p)) or (isinstance(p, str) and not p.strip()):
+            paths.append(None)
+        else:
+            paths.append(str(p))
+    return list(zip(ids, paths))
+
+
+def _mkdir(d: Path) -> None:
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"extract: cannot write to the stage directory {d} ({e.strerror or e}); "
+                        "check the path, its permissions and free disk space") from None
+
+
+def _load_failures(path: Path) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    if path.is_file():
+        with open(path, "r", encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a kill
+                if "video_id" in rec:
+                    out[rec["video_id"]] = rec
+    return out
+
+
+def _write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- result sink
+
+class ResultSink:
+    """Receives finished videos (ok or failed) from a runner; owns the shard writer."""
+
+    def __init__(self, stage_dir: Path, cfg: ExtractConfig, attrs: dict, feature_dim: int, first_shard: int,
+                 pbar=None):
+        self.dir = stage_dir
+        self.cfg = cfg
+        self.attrs = attrs
+        self.feature_dim = feature_dim
+        self.next_shard = first_shard
+        self.writer: Optional[ShardWriter] = None
+        self.failures_path = stage_dir / "failures.jsonl"
+        self.failed_now: dict[str, str] = {}
+        self.ok_now: set[str] = set()
+        self.frames = 0
+        self.decoders: dict[str, int] = {}
+        self.pbar = pbar
+        self.t0 = time.time()
+        self.shards_written: list[str] = []
+
+    def ok(self, video_id: str, feats: np.ndarray, meta: dict) -> None:
+        if self.writer is None:
+            self.writer = ShardWriter(self.dir, f"shard-{self.next_shard:05d}.h5", self.feature_dim,
+                                      self.cfg.dtype, self.attrs)
+            self.next_shard += 1
+        try:
+            self.writer.add(video_id, feats, meta)
+        except ValueError as e:
+            self.fail(video_id, str(e), meta)
+            return
+        self.ok_now.add(video_id)
+        self.failed_now.pop(video_id, None)
+        self.frames += int(len(feats))
+        dec = meta.get("decoder") or "?"
+        self.decoders[dec] = self.decoders.get(dec, 0) + 1
+        if len(self.writer) >= self.cfg.videos_per_shard or self.writer.num_frames >= MAX_FRAMES_PER_SHARD:
+            self.flush()
+        self._tick()
+
+    def fail(self, video_id: str, reason: str, meta: Optional[dict] = None) -> None:
+        rec = {"video_id": video_id, "error": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if meta:
+            rec["notes"] = meta.get("notes", [])
+            if meta.get("path"):
+                rec["path"] = meta["path"]
+        with open(self.failures_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+        self.failed_now[video_id] = reason
+        log.warning("video %s failed: %s", video_id, reason)
+        self._tick()
+
+    def _tick(self) -> None:
+        if self.pbar is not None:
+            dt = max(1e-9, time.time() - self.t0)
+            self.pbar.update(1)
+            self.pbar.set_postfix(frames_s=f"{self.frames / dt:.1f}", failed=len(self.failed_now), refresh=False)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            if len(self.writer):
+                p = self.writer.close()
+                self.shards_written.append(p.name)
+                log.info("wrote %s (%d videos)", p.name, len(self.writer))
+            else:
+                self.writer.abort()
+            self.writer = None
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+class _StopFlag:
+    """First Ctrl-C sets the flag (the runner stops at the next safe point); a second one aborts."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self._old = None
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+
+            def handler(signum, frame):
+                self.event.set()
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                print("\nextract: Ctrl-C received - stopping after the current video (Ctrl-C again to abort)",
+                      file=sys.stderr, flush=True)
+
+            signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+# --------------------------------------------------------------------------- the stage
+
+def _open_existing(stage_dir: Path, repair: bool) -> FeatureStore:
+    store = FeatureStore(stage_dir, on_corrupt="skip", deep_verify=repair)
+    if store.corrupt:
+        names = ", ".join(n for n, _ in store.corrupt)
+        if not repair:
+            raise CorruptShardError(
+                store.corrupt, f"in {stage_dir}; re-run with --repair to move them aside and re-extract their "
+                               "videos (nothing else is lost)")
+        aside = stage_dir / "corrupt"
+        aside.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for name, why in store.corrupt:
+            shutil.move(str(stage_dir / name), str(aside / f"{name}.{stamp}"))
+            log.warning("repair: moved corrupt shard %s aside (%s); its videos will be re-extracted", name, why)
+        print(f"extract: repair moved {len(store.corrupt)} corrupt shard(s) to {aside}: {names}", file=sys.stderr)
+        store = FeatureStore(stage_dir, on_corrupt="raise")
+    return store
+
+
+def _setup_logging(stage_dir: Path) -> logging.Handler:
+    h = logging.FileHandler(stage_dir / "extract.log", encoding="utf-8")
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(h)
+    if log.level == logging.NOTSET or log.level > logging.INFO:
+        log.setLevel(logging.INFO)
+    return h
+
+
+def run_extract(cfg: ExtractConfig, videos: pd.DataFrame, stage_dir: Path, *, retry_failed: bool = False,
+                repair: bool = False, progress: bool = True) -> dict:
+    """Extract (or import) features of `videos` into `stage_dir`; see the module doc."""
+    t_start = time.time()
+    stage_dir = Path(stage_dir)
+    inputs = _input_table(videos)
+    _mkdir(stage_dir)
+    handler = _setup_logging(stage_dir)
+    try:
+        return _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start) -> dict:
+    if cfg.source == "npy":
+        if not cfg.npy_dir:
+            raise UserError("extract.source=npy needs extract.npy_dir (the folder of <video_id>.npy files)")
+        if not Path(cfg.npy_dir).is_dir():
+            raise UserError(f"extract.npy_dir: folder not found: {cfg.npy_dir}; set it to the folder that holds "
+                            "the released <video_id>.npy feature files")
+    removed = remove_partials(stage_dir)
+    if removed:
+        log.info("removed %d partial file(s) of an interrupted run: %s", len(removed), removed)
+    store = _open_existing(stage_dir, repair)
+    wid = weights_identity(cfg)
+    fp = fingerprint(cfg, wid)
+    if len(store) and store.attrs.get("fingerprint") != fp:
+        old = store.attrs.get("config", {})
+        raise UserError(
+            f"extract: {stage_dir} already holds features made with other settings "
+            f"(stored: backbone={store.attrs.get('backbone')}, config={old}); "
+            "delete that directory or re-run the stage with --force")
+    done = set(store.ids())
+    failures = _load_failures(stage_dir / "failures.jsonl")
+    todo, skipped_failed = [], []
+    for vid, path in inputs:
+        if vid in done:
+            continue
+        if vid in failures and not retry_failed:
+            skipped_failed.append(vid)
+            continue
+        todo.append((vid, path))
+    n_done_before = sum(1 for vid, _ in inputs if vid in done)
+    log.info("extract: %d videos, %d already done, %d failed before (%s), %d to do", len(inputs), n_done_before,
+             len(skipped_failed), "retrying" if retry_failed else "skipped", len(todo))
+
+    first_shard = 0
+    for p in list_shards(stage_dir):
+        first_shard = max(first_shard, int(SHARD_RE.match(p.name).group(1)) + 1)
+    corrupt_dir = stage_dir / "corrupt"
+
+    attrs = {"config": cfg.fingerprint_fields(), "fingerprint": fp, "weights_identity": wid,
+             "transform": transform_attrs(cfg), "sampling": sampling_attrs(cfg), "versions": package_versions(),
+             "source": cfg.source}
+    feature_dim = store.feature_dim
+    encoder = None
+    ray_runner = None
+    sink = None
+    stop = _StopFlag()
+    interrupted = False
+    pbar = None
+    try:
+        if todo:
+            if cfg.source == "npy":
+                from .npy_import import prepare_npy
+                plan = prepare_npy(cfg, todo, stage_dir)
+                feature_dim = plan.dim
+                attrs.update({"backbone": cfg.backbone, "weights": "imported", "weights_sha256": "",
+                              "npy_dir": str(cfg.npy_dir), "feature_dim": plan.dim})
+            else:
+                from .encoder import FrameEncoder
+                if cfg.runner == "inprocess":
+                    encoder = FrameEncoder(cfg.backbone, cfg.weights, cfg.pretrained, device=cfg.device,
+                                           amp=cfg.amp, batch_size=cfg.batch_size, tsm_grouping=cfg.tsm_grouping,
+                                           download=cfg.download, num_threads=cfg.num_threads)
+                    desc = encoder.describe()
+                else:
+                    from .ray_runner import RayRunner
+                    ray_runner = RayRunner(cfg)
+                    desc = ray_runner.start()
+                feature_dim = desc["feature_dim"]
+                attrs.update({"backbone": desc["backbone"], "weights": desc["weights"],
+                              "weights_sha256": desc["weights_sha256"] or "", "precision": desc["precision"]})
+                if "tsm" in desc:
+                    attrs["tsm"] = desc["tsm"]
+            if progress:
+                from tqdm.auto import tqdm
+                pbar = tqdm(total=len(todo), unit="video", desc=f"extract {cfg.backbone}", dynamic_ncols=True,
+                            file=sys.stderr)
+            sink = ResultSink(stage_dir, cfg, attrs, feature_dim, first_shard, pbar)
+            with stop:
+                if cfg.source == "npy":
+                    from .npy_import import run_npy
+                    run_npy(plan, sink, stop)
+                elif cfg.runner == "inprocess":
+                    run_inprocess(cfg, encoder, todo, sink, stop)
+                else:
+                    ray_runner.run(todo, sink, stop)
+                interrupted = stop.is_set()
+            sink.flush()
+    except KeyboardInterrupt:
+        interrupted = True
+        if sink is not None:
+            sink.abort()
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+    finally:
+        if pbar is not None:
+            pbar.close()
+        if ray_runner is not None:
+            ray_runner.shutdown()
+    if interrupted:
+        msg = (f"extract interrupted: complete shards are kept in {stage_dir}; re-run the same command to resume "
+               "(finished videos are skipped)")
+        log.warning(msg)
+        print(msg, file=sys.stderr, flush=True)
+        raise KeyboardInterrupt(msg)
+
+    # ---- final table and summary (from what is on disk)
+    final = FeatureStore(stage_dir, on_corrupt="raise")
+    index = final.index_table()
+    failures = _load_failures(stage_dir / "failures.jsonl")
+    rows = []
+    failed_list = []
+    for vid, path in inputs:
+        if vid in index:
+            r = index[vid]
+            rows.append((vid, "ok", r["num_frames"], r["shard"], r["decoder"], None))
+        else:
+            err = failures.get(vid, {}).get("error") or "not extracted (unknown reason)"
+            rows.append((vid, "failed", 0, None, None, err))
+            failed_list.append({"video_id": vid, "error": err})
+    df = pd.DataFrame(rows, columns=["video_id", "status", "num_frames", "shard", "decoder", "error"])
+    df["num_frames"] = df["num_frames"].astype("int64")
+    table_path = stage_dir / "videos.parquet"
+    _write_parquet_atomic(df, table_path)
+
+    seconds = time.time() - t_start
+    n = len(inputs)
+    n_ok = int((df["status"] == "ok").sum())
+    n_failed = n - n_ok
+    frac = n_failed / n if n else 0.0
+    new_ok = len(sink.ok_now) if sink else 0
+    new_frames = sink.frames if sink else 0
+    summary = {
+        "videos": n, "ok": n_ok, "failed": n_failed, "failure_fraction": round(frac, 6),
+        "max_failure_fraction": cfg.max_failure_fraction,
+        "skipped_done": n_done_before, "skipped_failed": len(skipped_failed), "processed": len(todo),
+        "new_ok": new_ok, "new_failed": len(sink.failed_now) if sink else 0,
+        "frames": int(df["num_frames"].sum()), "new_frames": new_frames,
+        "seconds": round(seconds, 3),
+        "videos_per_s": round(len(todo) / seconds, 4) if seconds > 0 else None,
+        "frames_per_s": round(new_frames / seconds, 3) if seconds > 0 else None,
+        "backbone": cfg.backbone, "feature_dim": final.feature_dim or feature_dim,
+        "dtype": cfg.dtype, "source": cfg.source, "runner": cfg.runner, "sampling": cfg.sampling,
+        "decoders": dict(df["decoder"].value_counts()) if n_ok else {},
+        "shards": len(final.shards), "shards_written": sink.shards_written if sink else [],
+        "videos_table": "videos.parquet", "failures_log": "failures.jsonl",
+        "failures": failed_list[:MAX_FAILURES_IN_SUMMARY], "failures_truncated": len(failed_list) > MAX_FAILURES_IN_SUMMARY,
+    }
+    summary["decoders"] = {str(k): int(v) for k, v in summary["decoders"].items()}
+    log.info("extract summary: %s", json.dumps({k: v for k, v in summary.items() if k != "failures"}))
+    if progress:
+        print(f"extract: {n_ok}/{n} videos ok, {n_failed} failed ({frac:.1%}), {summary['frames']} frames; "
+              f"this run {len(todo)} videos in {seconds:.1f} s ({summary['videos_per_s']} videos/s, "
+              f"{summary['frames_per_s']} frames/s); table: {table_path}", file=sys.stderr)
+    if n and frac > cfg.max_failure_fraction:
+        raise StageFailed(
+            f"extract: {n_failed} of {n} videos failed ({frac:.1%} > max_failure_fraction "
+            f"{cfg.max_failure_fraction:.1%}); see {table_path} and {stage_dir / 'failures.jsonl'}; fix the files "
+            "or re-run with --retry-failed (or raise extract.max_failure_fraction)")
+    return summary
+
+
+# --------------------------------------------------------------------------- in-process runner
+
+def make_job(cfg: ExtractConfig, vid: str, path: Optional[str]):
+    from .decode import DecodeJob
+    return DecodeJob(video_id=vid, path=path, sampling=cfg.sampling, num_frames=cfg.num_frames, fps=cfg.fps,
+                     max_frames=cfg.max_frames, resize=cfg.resize, crop=cfg.crop, decoder=cfg.decoder)
+
+
+def video_meta(done: dict, notes: list, path: Optional[str]) -> dict:
+    m = dict(done)
+    m["notes"] = list(notes) + list(done.get("notes", []))
+    m["path"] = path
+    return m
+
+
+def run_inprocess(cfg: ExtractConfig, encoder, todo: list, sink: ResultSink, stop) -> None:
+    """Decode in killable worker processes (overlapping the model), embed here, write via `sink`."""
+    from .decode import DecodePool
+
+    bs = encoder.batch_size
+    whole = encoder.whole_video
+    paths = dict(todo)
+    state: dict[str, dict] = {}
+    dead: set[str] = set()
+
+    def new_state():
+        return {"buf": [], "nbuf": 0, "feats": [], "notes": []}
+
+    def drain(st, final: bool):
+        while st["nbuf"] >= bs or (final and st["nbuf"] > 0):
+            allf = np.concatenate(st["buf"]) if len(st["buf"]) > 1 else st["buf"][0]
+            take = min(bs, len(allf))
+            st["feats"].append(encoder.embed_batch(allf[:take]))
+            rest = allf[take:]
+            st["buf"] = [rest] if len(rest) else []
+            st["nbuf"] = len(rest)
+
+    jobs = [make_job(cfg, vid, path) for vid, path in todo]
+    pool = DecodePool(cfg.num_decode_workers, cfg.decode_timeout_s)
+    try:
+        for job, ev in pool.imap(jobs):
+            if stop.is_set():
+                break
+            vid = job.video_id
+            if vid in dead:
+                continue
+            st = state.setdefault(vid, new_state())
+            kind = ev[0]
+            try:
+                if kind == "frames":
+                    st["buf"].append(ev[1])
+                    st["nbuf"] += len(ev[1])
+                    if not whole:
+                        drain(st, False)
+                elif kind == "reset":
+                    notes = st["notes"] + [ev[1]]
+                    state[vid] = st = new_state()
+                    st["notes"] = notes
+                elif kind == "done":
+                    if whole:
+                        feats = encoder.embed_video(np.concatenate(st["buf"]))
+                    else:
+                        drain(st, True)
+                        feats = np.concatenate(st["feats"])
+                    del state[vid]
+                    sink.ok(vid, feats, video_meta(ev[1], st["notes"], paths.get(vid)))
+                elif kind == "error":
+                    del state[vid]
+                    sink.fail(vid, ev[1], {"notes": st["notes"], "path": paths.get(vid)})
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as e:  # model-side failure of one video
+                state.pop(vid, None)
+                dead.add(vid)
+                sink.fail(vid, f"feature computation failed: {type(e).__name__}: {e}", {"path": paths.get(vid)})
+    finally:
+        pool.close()

@@ -1,0 +1,493 @@
+"""Feature store: HDF5 shards written whole and renamed, read through memory maps.
+
+Layout of one shard `shard-NNNNN.h5` (format "vltr-features", version 1):
+
+    features        (total_frames, D) float16|float32, contiguous (no chunking/compression), so it is
+                    read through np.memmap at the dataset's file offset (no per-read HDF5 overhead)
+    offsets         (N+1,) int64      video i = rows offsets[i]:offsets[i+1]
+    video_ids       (N,) utf-8
+    frame_indices   (total_frames,) int64    decoder frame index of every stored row
+    timestamps      (total_frames,) float64  seconds (NaN when unknown)
+    decoder, notes  (N,) utf-8;  fps, duration (N,) float64;  n_frames_meta, n_frames_decoded,
+                    height, width (N,) int64
+    attrs           complete=1, format, format_version, num_videos, num_frames, feature_dim, dtype,
+                    features_sha256 (of the raw feature bytes), backbone, weights, weights_sha256,
+                    transform/sampling/versions/config (JSON strings), fingerprint, created_at
+
+A writer streams features to `<shard>.bin.partial`, then writes `<shard>.h5.partial` and renames it
+to `<shard>.h5` only when complete; readers ignore everything but `shard-*.h5`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import re
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import h5py
+import numpy as np
+
+from manifests.errors import UserError
+
+FORMAT = "vltr-features"
+FORMAT_VERSION = 1
+SHARD_RE = re.compile(r"^shard-(\d+)\.h5$")
+_PER_VIDEO_STR = ("decoder", "notes")
+_PER_VIDEO_F8 = ("fps", "duration")
+_PER_VIDEO_I8 = ("n_frames_meta", "n_frames_decoded", "height", "width")
+
+
+class CorruptShardError(UserError):
+    """One or more complete-looking shards cannot be read or fail verification."""
+
+    def __init__(self, problems: list[tuple[str, str]], hint: str = ""):
+        self.problems = problems
+        lines = "; ".join(f"{p}: {why}" for p, why in problems[:5])
+        more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
+        super().__init__(f"corrupted feature shard(s): {lines}{more}. {hint}".strip())
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(str(d), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}.h5"
+
+
+def list_shards(path: Path) -> list[Path]:
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if SHARD_RE.match(p.name) and p.is_file())
+
+
+# --------------------------------------------------------------------------- writing
+
+class ShardWriter:
+    """Collects videos for one shard; `close()` makes the shard visible atomically."""
+
+    def __init__(self, directory: Path, name: str, feature_dim: int, dtype: str = "float16",
+                 attrs: Optional[dict] = None):
+        self.dir = Path(directory)
+        self.name = name
+        self.final = self.dir / name
+        self.tmp_h5 = self.dir / (name + ".partial")
+        self.tmp_bin = self.dir / (name[:-3] + ".bin.partial")
+        self.feature_dim = int(feature_dim)
+        self.dtype = np.dtype(dtype)
+        self.attrs = dict(attrs or {})
+        self._bin = open(self.tmp_bin, "wb")
+        self._sha = hashlib.sha256()
+        self.ids: list[str] = []
+        self.lengths: list[int] = []
+        self.frame_indices: list[np.ndarray] = []
+        self.timestamps: list[np.ndarray] = []
+        self.per_video: dict[str, list] = {k: [] for k in _PER_VIDEO_STR + _PER_VIDEO_F8 + _PER_VIDEO_I8}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_frames(self) -> int:
+        return int(sum(self.lengths))
+
+    def add(self, video_id: str, feats: np.ndarray, meta: dict) -> None:
+        feats = np.asarray(feats)
+        if feats.ndim != 2 or feats.shape[1] != self.feature_dim or feats.shape[0] < 1:
+            raise ValueError(f"{video_id}: features must be (T>=1, {self.feature_dim}), got {feats.shape}")
+        if not np.isfinite(feats).all():
+            raise ValueError(f"{video_id}: features contain NaN/Inf")
+        if self.dtype == np.float16 and feats.dtype != np.float16 and np.abs(feats).max() > 65504:
+            raise ValueError(f"{video_id}: features overflow float16 (|x| > 65504); use extract.dtype=float32")
+        data = np.ascontiguousarray(feats.astype(self.dtype, copy=False))
+        b = data.tobytes()
+        self._bin.write(b)
+        self._sha.update(b)
+        t = data.shape[0]
+        self.ids.append(video_id)
+        self.lengths.append(t)
+        fi = meta.get("frame_indices")
+        self.frame_indices.append(np.asarray(fi if fi is not None else np.arange(t), dtype=np.int64).reshape(-1)[:t])
+        ts = meta.get("timestamps")
+        self.timestamps.append(np.asarray(ts if ts is not None else np.full(t, np.nan), dtype=np.float64)
+                               .reshape(-1)[:t])
+        for k in _PER_VIDEO_STR:
+            v = meta.get(k, "")
+            self.per_video[k].append(v if isinstance(v, str) else json.dumps(v))
+        for k in _PER_VIDEO_F8:
+            v = meta.get(k)
+            self.per_video[k].append(float(v) if v is not None else float("nan"))
+        for k in _PER_VIDEO_I8:
+            v = meta.get(k)
+            self.per_video[k].append(int(v) if v is not None else -1)
+
+    def close(self) -> Path:
+        self._bin.flush()
+        os.fsync(self._bin.fileno())
+        self._bin.close()
+        total = self.num_frames
+        d = self.feature_dim
+        raw = np.memmap(self.tmp_bin, dtype=self.dtype, mode="r", shape=(total, d)) if total else None
+        str_dt = h5py.string_dtype("utf-8")
+        with h5py.File(self.tmp_h5, "w") as f:
+            ds = f.create_dataset("features", shape=(total, d), dtype=self.dtype)  # contiguous
+            step = max(1, (64 << 20) // max(1, d * self.dtype.itemsize))
+            for s in range(0, total, step):
+                ds[s:s + step] = raw[s:s + step]
+            f.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64))
+            f.create_dataset("video_ids", data=np.array(self.ids, dtype=object), dtype=str_dt)
+            f.create_dataset("frame_indices", data=np.concatenate(self.frame_indices).astype(np.int64))
+            f.create_dataset("timestamps", data=np.concatenate(self.timestamps).astype(np.float64))
+            for k in _PER_VIDEO_STR:
+                f.create_dataset(k, data=np.array(self.per_video[k], dtype=object), dtype=str_dt)
+            for k in _PER_VIDEO_F8:
+                f.create_dataset(k, data=np.array(self.per_video[k], dtype=np.float64))
+            for k in _PER_VIDEO_I8:
+                f.create_dataset(k, data=np.array(self.per_video[k], dtype=np.int64))
+            for k, v in self.attrs.items():
+                f.attrs[k] = v if isinstance(v, (str, int, float, np.integer, np.floating)) else json.dumps(v)
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["num_videos"] = len(self.ids)
+            f.attrs["num_frames"] = total
+            f.attrs["feature_dim"] = d
+            f.attrs["dtype"] = self.dtype.name
+            f.attrs["features_sha256"] = self._sha.hexdigest()
+            f.attrs["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            f.attrs["complete"] = 1
+        del raw
+        with open(self.tmp_h5, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp_h5, self.final)
+        _fsync_dir(self.dir)
+        self.tmp_bin.unlink(missing_ok=True)
+        return self.final
+
+    def abort(self) -> None:
+        try:
+            self._bin.close()
+        except Exception:
+            pass
+        self.tmp_bin.unlink(missing_ok=True)
+        self.tmp_h5.unlink(missing_ok=True)
+
+
+def remove_partials(directory: Path) -> list[str]:
+    """Delete leftovers of a killed writer (never taken for complete shards)."""
+    out = []
+    d = Path(directory)
+    if d.is_dir():
+        for p in d.iterdir():
+            if p.name.startswith("shard-") and p.name.endswith(".partial"):
+                p.unlink(missing_ok=True)
+                out.append(p.name)
+    return out
+
+
+# --------------------------------------------------------------------------- reading
+
+class _Shard:
+    __slots__ = ("path", "ids", "offsets", "feat_offset", "total", "dim", "dtype", "attrs")
+
+
+def _attr(v):
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, np.generic):
+        v = v.item()
+    return v
+
+
+def read_shard_index(path: Path, deep: bool = False) -> _Shard:
+    """Open and check one shard; raises ValueError with the reason when it is corrupt."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: _attr(v) for k, v in f.attrs.items()}
+            if attrs.get("format") != FORMAT:
+                raise ValueError(f"not a {FORMAT} shard (format={attrs.get('format')!r})")
+            if int(attrs.get("complete", 0)) != 1:
+                raise ValueError("shard not marked complete")
+            ds = f["features"]
+            total, dim = ds.shape
+            offsets = f["offsets"][()].astype(np.int64)
+            ids = [x.decode() if isinstance(x, bytes) else str(x) for x in f["video_ids"][()]]
+            n = int(attrs["num_videos"])
+            if len(ids) != n or len(offsets) != n + 1 or offsets[0] != 0 or offsets[-1] != total \
+                    or (np.diff(offsets) < 1).any() or int(attrs["num_frames"]) != total:
+                raise ValueError("inconsistent index (ids/offsets/frames)")
+            for k in ("frame_indices", "timestamps"):
+                if f[k].shape[0] != total:
+                    raise ValueError(f"{k} has {f[k].shape[0]} rows, expected {total}")
+            for k in _PER_VIDEO_STR + _PER_VIDEO_F8 + _PER_VIDEO_I8:
+                if f[k].shape[0] != n:
+                    raise ValueError(f"{k} has {f[k].shape[0]} entries, expected {n}")
+            off = ds.id.get_offset()
+            dtype = ds.dtype
+            if deep:
+                h = hashlib.sha256()
+                step = max(1, (64 << 20) // max(1, dim * dtype.itemsize))
+                for s in range(0, total, step):
+                    h.update(np.ascontiguousarray(ds[s:s + step]).tobytes())
+                if h.hexdigest() != attrs.get("features_sha256"):
+                    raise ValueError("feature checksum mismatch (data damaged on disk)")
+        size = os.path.getsize(path)
+        if off is not None and off + total * dim * dtype.itemsize > size:
+            raise ValueError("file truncated (features extend past the end of the file)")
+    except ValueError:
+        raise
+    except Exception as e:  # h5py raises OSError/KeyError/... on damaged files
+        raise ValueError(f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''})") from None
+    sh = _Shard()
+    sh.path, sh.ids, sh.offsets, sh.feat_offset = Path(path), ids, offsets, off
+    sh.total, sh.dim, sh.dtype, sh.attrs = int(total), int(dim), dtype, attrs
+    return sh
+
+
+class FeatureStore:
+    """Read access to the features of an extract stage directory.
+
+    FeatureStore(path) indexes every complete shard (`shard-*.h5`) and checks its structure; a
+    damaged shard raises CorruptShardError naming the file (on_corrupt="skip" lists it in
+    `.corrupt` and goes on). Reads go through memory maps and are safe after fork/pickling.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, on_corrupt: str = "raise", deep_verify: bool = False,
+                 max_open: int = 128):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise UserError(f"feature store not found: {self.path} is not a directory (run the extract stage first)")
+        self.max_open = max_open
+        self.shards: list[_Shard] = []
+        self.corrupt: list[tuple[str, str]] = []
+        self.duplicates: list[str] = []
+        self._index: dict[str, tuple[int, int]] = {}  # id -> (shard, row)
+        for p in list_shards(self.path):
+            try:
+                sh = read_shard_index(p, deep=deep_verify)
+            except ValueError as e:
+                self.corrupt.append((p.name, str(e)))
+                continue
+            k = len(self.shards)
+            self.shards.append(sh)
+            for row, vid in enumerate(sh.ids):
+                if vid in self._index:
+                    self.duplicates.append(vid)
+                    continue
+                self._index[vid] = (k, row)
+        if self.corrupt and on_corrupt == "raise":
+            raise CorruptShardError(self.corrupt, f"in {self.path}; re-run the extract stage with --repair "
+                                                  "to move them aside and re-extract their videos")
+        self.attrs: dict = dict(self.shards[0].attrs) if self.shards else {}
+        for k in ("transform", "sampling", "versions", "config", "tsm"):
+            if isinstance(self.attrs.get(k), str):
+                try:
+                    self.attrs[k] = json.loads(self.attrs[k])
+                except ValueError:
+                    pass
+        fps = {sh.attrs.get("fingerprint") for sh in self.shards}
+        if len(fps) > 1:
+            raise UserError(f"{self.path} mixes shards of different extract configs; delete the directory "
+                            "and extract again")
+        self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._meta_cache: dict[int, dict] = {}
+        self._vec = None
+
+    # -- pickling (DataLoader workers): drop open maps
+    def __getstate__(self):
+        d = self.__dict__.copy()
+        d["_maps"] = OrderedDict()
+        d["_meta_cache"] = {}
+        return d
+
+    # -- basic protocol
+    def ids(self) -> list[str]:
+        return list(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, video_id) -> bool:
+        return video_id in self._index
+
+    def __iter__(self):
+        return iter(self._index)
+
+    @property
+    def feature_dim(self) -> Optional[int]:
+        return self.shards[0].dim if self.shards else None
+
+    @property
+    def dtype(self) -> Optional[np.dtype]:
+        return self.shards[0].dtype if self.shards else None
+
+    def num_frames(self, video_id: str) -> int:
+        k, row = self._locate(video_id)
+        o = self.shards[k].offsets
+        return int(o[row + 1] - o[row])
+
+    def lengths(self, ids: Optional[Sequence[str]] = None) -> np.ndarray:
+        ids = self.ids() if ids is None else ids
+        return np.array([self.num_frames(v) for v in ids], dtype=np.int64)
+
+    def _locate(self, video_id: str) -> tuple[int, int]:
+        try:
+            return self._index[video_id]
+        except KeyError:
+            raise KeyError(f"video {video_id!r} is not in the feature store {self.path}") from None
+
+    def _features(self, k: int) -> np.ndarray:
+        m = self._maps.get(k)
+        if m is not None:
+            self._maps.move_to_end(k)
+            return m
+        sh = self.shards[k]
+        if sh.feat_offset is not None:
+            # a plain ndarray over a read-only map of the file (no np.memmap subclass overhead)
+            with open(sh.path, "rb") as fh:
+                mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            m = np.frombuffer(mm, dtype=sh.dtype, count=sh.total * sh.dim, offset=sh.feat_offset)
+            m = m.reshape(sh.total, sh.dim)
+        else:  # not contiguous (foreign writer): read through h5py
+            with h5py.File(sh.path, "r") as f:
+                m = f["features"][()]
+        self._maps[k] = m
+        while len(self._maps) > self.max_open:
+            self._maps.popitem(last=False)
+        return m
+
+    # -- reads
+    def get(self, video_id: str, frames: Optional[np.ndarray] = None, dtype=None) -> np.ndarray:
+        """(T, D) features of one video (a copy); `frames` selects rows (e.g. sampled indices)."""
+        k, row = self._locate(video_id)
+        sh = self.shards[k]
+        a, b = int(sh.offsets[row]), int(sh.offsets[row + 1])
+        m = self._features(k)
+        out = m[a:b] if frames is None else m[a + np.asarray(frames, dtype=np.int64)]
+        return np.array(out, dtype=dtype or sh.dtype, copy=True)
+
+    def get_many(self, ids: Sequence[str], frames: Optional[Sequence[np.ndarray]] = None, dtype=None) -> list[np.ndarray]:
+        if frames is None:
+            return [self.get(v, dtype=dtype) for v in ids]
+        return [self.get(v, f, dtype=dtype) for v, f in zip(ids, frames)]
+
+    def _positions(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(shard index, first row, length) of each id, as arrays."""
+        if self._vec is None:
+            n = len(self._index)
+            pos, shard, start, length = {}, np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+            for i, (vid, (k, row)) in enumerate(self._index.items()):
+                o = self.shards[k].offsets
+                pos[vid] = i
+                shard[i], start[i], length[i] = k, o[row], o[row + 1] - o[row]
+            self._vec = (pos, shard, start, length)
+        pos, shard, start, length = self._vec
+        try:
+            p = np.fromiter((pos[v] for v in ids), dtype=np.int64, count=len(ids))
+        except KeyError as e:
+            raise KeyError(f"video {e.args[0]!r} is not in the feature store {self.path}") from None
+        return shard[p], start[p], length[p]
+
+    def sample_batch(self, ids: Sequence[str], num_frames: int, rng: np.random.Generator,
+                     dtype=None) -> np.ndarray:
+        """Training-style read: per video `num_frames` rows drawn uniformly with replacement and
+        sorted (the reference's sort(randint(n, T))) -> (B, num_frames, D), in the store dtype
+        unless `dtype` is given. One vectorised gather per shard."""
+        shard, start, length = self._positions(ids)
+        b = len(ids)
+        idx = np.sort((rng.random((b, num_frames)) * length[:, None]).astype(np.int64), axis=1)
+        rows = start[:, None] + idx
+        out = np.empty((b, num_frames, self.feature_dim), dtype=dtype or self.dtype)
+        for k in np.unique(shard):
+            sel = np.nonzero(shard == k)[0]
+            out[sel] = self._features(int(k))[rows[sel]]
+        return out
+
+    def rows_batch(self, ids: Sequence[str], frames: Sequence[np.ndarray], dtype=None) -> np.ndarray:
+        """(B, T, D) from per-video row indices of equal length T (e.g. uniform eval sampling)."""
+        shard, start, length = self._positions(ids)
+        idx = np.asarray(frames, dtype=np.int64)
+        if (idx < 0).any() or (idx >= length[:, None]).any():
+            raise IndexError("frame index out of range for at least one video")
+        rows = start[:, None] + idx
+        out = np.empty((len(ids), idx.shape[1], self.feature_dim), dtype=dtype or self.dtype)
+        for k in np.unique(shard):
+            sel = np.nonzero(shard == k)[0]
+            out[sel] = self._features(int(k))[rows[sel]]
+        return out
+
+    def load_packed(self, ids: Optional[Sequence[str]] = None, dtype=None) -> tuple[np.ndarray, np.ndarray]:
+        """Everything in RAM: (packed (sum T, D), offsets (len(ids)+1,)) in the order of `ids`."""
+        ids = self.ids() if ids is None else list(ids)
+        lengths = self.lengths(ids)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        packed = np.empty((int(offsets[-1]), self.feature_dim or 0), dtype=dtype or self.dtype)
+        for i, v in enumerate(ids):
+            k, row = self._index[v]
+            sh = self.shards[k]
+            packed[offsets[i]:offsets[i + 1]] = self._features(k)[sh.offsets[row]:sh.offsets[row + 1]]
+        return packed, offsets
+
+    def meta(self, video_id: str) -> dict:
+        k, row = self._locate(video_id)
+        sh = self.shards[k]
+        per = self._meta_cache.get(k)
+        if per is None:
+            with h5py.File(sh.path, "r") as f:
+                per = {name: f[name][()] for name in _PER_VIDEO_STR + _PER_VIDEO_F8 + _PER_VIDEO_I8}
+                per["frame_indices"] = f["frame_indices"][()]
+                per["timestamps"] = f["timestamps"][()]
+            self._meta_cache = {k: per}  # keep one shard's metadata
+        a, b = int(sh.offsets[row]), int(sh.offsets[row + 1])
+        out = {"video_id": video_id, "shard": sh.path.name, "num_frames": b - a,
+               "frame_indices": per["frame_indices"][a:b].copy(), "timestamps": per["timestamps"][a:b].copy()}
+        for name in _PER_VIDEO_STR:
+            v = per[name][row]
+            out[name] = v.decode() if isinstance(v, bytes) else str(v)
+        for name in _PER_VIDEO_F8:
+            out[name] = float(per[name][row])
+        for name in _PER_VIDEO_I8:
+            out[name] = int(per[name][row])
+        try:
+            out["notes"] = json.loads(out["notes"]) if out["notes"] else []
+        except ValueError:
+            pass
+        return out
+
+    def index_table(self) -> dict[str, dict]:
+        """{video_id: {"shard", "num_frames", "decoder"}} for every stored video (one read per shard)."""
+        out: dict[str, dict] = {}
+        for k, sh in enumerate(self.shards):
+            with h5py.File(sh.path, "r") as f:
+                dec = [x.decode() if isinstance(x, bytes) else str(x) for x in f["decoder"][()]]
+            lens = np.diff(sh.offsets)
+            for row, vid in enumerate(sh.ids):
+                if self._index.get(vid) == (k, row):
+                    out[vid] = {"shard": sh.path.name, "num_frames": int(lens[row]), "decoder": dec[row]}
+        return out
+
+    def shard_of(self, video_id: str) -> str:
+        return self.shards[self._locate(video_id)[0]].path.name
+
+    def verify(self, deep: bool = True) -> list[tuple[str, str]]:
+        """Re-check every shard (deep: feature checksums); returns [(file, problem)]."""
+        problems = list(self.corrupt)
+        for sh in self.shards:
+            try:
+                read_shard_index(sh.path, deep=deep)
+            except ValueError as e:
+                problems.append((sh.path.name, str(e)))
+        return problems
