@@ -451,7 +451,7 @@ def _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start) -> dic
         "failures": failed_list[:MAX_FAILURES_IN_SUMMARY], "failures_truncated": len(failed_list) > MAX_FAILURES_IN_SUMMARY,
     }
     summary["decoders"] = {str(k): int(v) for k, v in summary["decoders"].items()}
-    log.info("extract summary: %s", json.dumps({k: v for k, v in summary.items() if k != "failures"}))
+    log.debug("extract summary: %s", json.dumps({k: v for k, v in summary.items() if k != "failures"}))
     if progress:
         print(f"extract: {n_ok}/{n} videos ok, {n_failed} failed ({frac:.1%}), {summary['frames']} frames; "
               f"this run {len(todo)} videos in {seconds:.1f} s ({summary['videos_per_s']} videos/s, "

@@ -23,7 +23,8 @@ class TrainConfig(BaseModel):
     method: Method | list[Method] = Field("baseline", description="a method, or a list run one after another")
     head: Literal["lateavg", "aggregators"] = Field("lateavg", description="late-averaged MLP or PSA+NetVLAD")
     hidden: int = Field(2048, ge=1, description="hidden width of the classifier MLP")
-    loss: dict = Field(default_factory=dict, description="loss parameter overrides, e.g. {gamma: 2}")
+    loss: dict[str, dict] = Field(default_factory=dict, description="loss parameter overrides by loss name, "
+                                  "e.g. {focal: {gamma: 2}, ldam_drw: {drw_epoch: 20}}")
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-4, gt=0)

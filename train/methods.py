@@ -25,7 +25,8 @@ class Recipe:
                  options: dict | None = None):
         self.name, self.cfg, self.options = name, cfg, options or {}
         self.model = models.build(cfg.head, in_dim, num_classes, hidden=cfg.hidden)
-        self.criterion = losses.build(self.loss_name, np.asarray(class_counts), **{**self.loss_defaults, **cfg.loss})
+        params = {**self.loss_defaults, **cfg.loss.get(self.loss_name, {})}
+        self.criterion = losses.build(self.loss_name, np.asarray(class_counts), **params)
 
     def parameters(self):
         """Parameters the optimiser updates."""

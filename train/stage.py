@@ -55,7 +55,10 @@ def run_train(cfg: TrainConfig, extract_dir: Path, split_dir: Path, run_dir: Pat
         raise UserError(f"{exc.args[0]}; re-run the split stage so it drops videos without features") from None
     counts = classes.train_count.to_numpy()
     torch.manual_seed(derived_seed(seed))  # the initial weights
-    recipe = methods.build(method, cfg, bank.dim, len(classes), counts, method_options or {})
+    try:
+        recipe = methods.build(method, cfg, bank.dim, len(classes), counts, method_options or {})
+    except ValueError as exc:  # e.g. an unknown loss parameter in train.loss
+        raise UserError(f"train.method={method}: {exc}") from None
     identity = {**identity, "method": method, "num_classes": len(classes), "feature_dim": bank.dim}
     trainer = Trainer(recipe, cfg, bank, load_splits(split_dir, bank_ids), counts, seed, run_dir,
                       identity, (thresholds["head"], thresholds["tail"]), progress=progress)
