@@ -8,6 +8,7 @@ methods share one set of features and splits.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,11 @@ from pipeline.stages import ORDER, STAGES, RunOptions
 
 log = logging.getLogger("pipeline")
 EXTERNAL_PREFIX = "file:"  # manifest input keys of files read from outside the work dir
+
+
+def is_main_process() -> bool:
+    """False in the non-zero ranks of a ``torchrun`` launch (they never write manifests)."""
+    return int(os.environ.get("RANK", 0)) == 0
 
 
 def location(name: str, run: str | None) -> str:
@@ -78,7 +84,7 @@ def _prepare_upstream(name: str, cfg: Config, work_dir: Path, options: RunOption
     refuse to build on a missing or stale upstream stage."""
     run = cfg.train.run_name() if STAGES[name].per_run else None
     for upstream in STAGES[name].needs + STAGES[name].uses:
-        if upstream == "ingest":
+        if upstream == "ingest" and is_main_process():
             _run_stage("ingest", cfg, work_dir, replace(options, force=False))  # --force is for `name`
             continue
         state = stage_state(upstream, cfg, work_dir, run)
@@ -109,6 +115,9 @@ def _run_stage(name: str, cfg: Config, work_dir: Path, options: RunOptions) -> s
     log.info("%-8s running: %s", where, stage.description)
     started = time.perf_counter()
     stage_dir.mkdir(parents=True, exist_ok=True)
+    if not is_main_process():  # torchrun: the other processes train; rank 0 records the stage
+        stage.run(cfg, stage_dir, work_dir, options)
+        return "ran"
     manifest_path(stage_dir).unlink(missing_ok=True)  # a stage being rebuilt is not done
     result = stage.run(cfg, stage_dir, work_dir, options)
     result.summary["seconds"] = round(time.perf_counter() - started, 3)

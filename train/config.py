@@ -23,6 +23,7 @@ class TrainConfig(BaseModel):
     method: Method | list[Method] = Field("baseline", description="a method, or a list run one after another")
     head: Literal["lateavg", "aggregators"] = Field("lateavg", description="late-averaged MLP or PSA+NetVLAD")
     hidden: int = Field(2048, ge=1, description="hidden width of the classifier MLP")
+    dropout: float = Field(0.5, ge=0, lt=1, description="dropout of the classifier MLP")
     loss: dict[str, dict] = Field(default_factory=dict, description="loss parameter overrides by loss name, "
                                   "e.g. {focal: {gamma: 2}, ldam_drw: {drw_epoch: 20}}")
     epochs: int = Field(100, ge=1)

@@ -81,10 +81,11 @@ class EpochBatches(torch.utils.data.Dataset):
     """
 
     def __init__(self, bank: FeatureBank, labels: list, num_classes: int, batches: list, chosen: list | None,
-                 num_frames: int, seed: int, epoch: int):
+                 num_frames: int, seed: int, epoch: int, shard: tuple = (0, 1)):
         self.bank, self.labels, self.num_classes = bank, labels, num_classes
         self.batches, self.chosen = batches, chosen
         self.num_frames, self.seed, self.epoch = num_frames, seed, epoch
+        self.rank, self.world = shard  # data parallelism: this process's rows of each batch
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -92,8 +93,11 @@ class EpochBatches(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         positions = self.batches[i]
         rng = batch_rng(self.seed, self.epoch, i)
-        frames = train_frames(self.bank.lengths[positions], self.num_frames, rng)
+        frames = train_frames(self.bank.lengths[positions], self.num_frames, rng)  # the whole global batch
+        mine = slice(self.rank, None, self.world)
+        positions, frames = positions[mine], frames[mine]
         x = self.bank.clips(positions, frames)
         y = multi_hot([self.labels[p] for p in positions], self.num_classes)
-        chosen = torch.as_tensor(self.chosen[i]) if self.chosen is not None else torch.full((len(positions),), -1)
+        chosen = (torch.as_tensor(self.chosen[i][mine]) if self.chosen is not None
+                  else torch.full((len(positions),), -1))
         return x, y, chosen, torch.as_tensor(positions)

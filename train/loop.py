@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from evaluate.metrics import compute
 from manifests.errors import StageFailed
 from manifests.files import write_text_atomic
-from train import checkpoints
+from train import checkpoints, distributed
 from train.config import TrainConfig
 from train.data import EpochBatches, FeatureBank, eval_frames
 from train.methods import Recipe
@@ -44,8 +45,13 @@ def derived_seed(*parts: int) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``: the GPU of this process (torchrun's LOCAL_RANK) if there is one, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+        return device
     return torch.device(name)
 
 
@@ -99,6 +105,7 @@ class Trainer:
         self.seed, self.run_dir, self.identity, self.progress = seed, Path(run_dir), identity, progress
         self.head, self.tail = groups
         self.device = resolve_device(cfg.device)
+        distributed.init(self.device)
         self.model = recipe.model.to(self.device)
         self.optimizer = torch.optim.Adam(recipe.parameters(), lr=cfg.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.amp == "fp16")
@@ -145,7 +152,7 @@ class Trainer:
         chosen = None if picked is None else [picked[i:i + self.cfg.batch_size] for i in cuts]
         labels = {int(p): l for p, l in zip(train.positions, train.labels)}
         return EpochBatches(self.bank, labels, self.num_classes, batches, chosen, self.cfg.train_frames,
-                            self.seed, epoch)
+                            self.seed, epoch, shard=distributed.rank_and_world())
 
     def loader(self, dataset: EpochBatches):
         if self.bank.packed is not None or self.cfg.num_workers == 0:
@@ -172,6 +179,7 @@ class Trainer:
                                   "train.lr or check the features for extreme values")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            distributed.average_gradients(self.recipe.parameters())
             if self.cfg.grad_clip is not None and self.recipe.clip_parameters():
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.recipe.clip_parameters(), self.cfg.grad_clip)
@@ -195,14 +203,16 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.epoch)
+        main = distributed.is_main()
+        writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.epoch) if main else None
         epochs = tqdm(range(self.epoch, self.cfg.epochs), initial=self.epoch, total=self.cfg.epochs,
-                      desc=f"train {self.recipe.name}", unit="epoch", disable=not self.progress)
+                      desc=f"train {self.recipe.name}", unit="epoch", disable=not (self.progress and main))
         for epoch in epochs:
             started = time.perf_counter()
             loss = self.train_epoch(epoch)
             row = {"epoch": epoch, "loss": loss, "lr": learning_rate(self.cfg, epoch)}
-            if (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs:
+            evaluate_now = (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs
+            if evaluate_now and distributed.is_main():
                 row[self.cfg.select_on] = self.evaluate(self.cfg.select_on)
                 if self.best is None or row[self.cfg.select_on]["mAP"] > self.best["mAP"]:
                     self.best = {"epoch": epoch, **row[self.cfg.select_on]}
@@ -211,10 +221,13 @@ class Trainer:
             row["seconds"] = round(time.perf_counter() - started, 3)
             self.history.append(row)
             self.epoch = epoch + 1
-            checkpoints.save(self.run_dir / checkpoints.LAST, self.state())
-            self.write_logs(writer, row)
+            if distributed.is_main():
+                checkpoints.save(self.run_dir / checkpoints.LAST, self.state())
+                self.write_logs(writer, row)
+            distributed.barrier()
             epochs.set_postfix(loss=f"{loss:.4f}", best_mAP=f"{self.best['mAP']:.3f}" if self.best else "-")
-        writer.close()
+        if writer is not None:
+            writer.close()
         return self.best
 
     def write_logs(self, writer, row: dict) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from evaluate.metrics import average_precision
-from train import augment, losses, models
+from train import augment, distributed, losses, models
 from train.config import TrainConfig
 
 
@@ -24,7 +24,7 @@ class Recipe:
     def __init__(self, name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts,
                  options: dict | None = None):
         self.name, self.cfg, self.options = name, cfg, options or {}
-        self.model = models.build(cfg.head, in_dim, num_classes, hidden=cfg.hidden)
+        self.model = models.build(cfg.head, in_dim, num_classes, hidden=cfg.hidden, dropout=cfg.dropout)
         params = {**self.loss_defaults, **cfg.loss.get(self.loss_name, {})}
         self.criterion = losses.build(self.loss_name, np.asarray(class_counts), **params)
 
@@ -117,8 +117,8 @@ class FrameStack(Recipe):
         return loss
 
     def end_epoch(self):
-        scores = torch.cat(self._scores).numpy()
-        targets = torch.cat(self._targets).numpy()
+        scores = distributed.gather_rows(torch.cat(self._scores)).numpy()
+        targets = distributed.gather_rows(torch.cat(self._targets)).numpy()
         self.previous_ap = torch.from_numpy(average_precision(scores, targets)).float()
         self._scores, self._targets = [], []
 
@@ -129,8 +129,19 @@ class FrameStack(Recipe):
         self.previous_ap = state.get("previous_ap")
 
 
+def _lazy_recipe(module: str, cls: str):
+    """A factory importing ``module.cls`` on first use (train.move / train.medc import this module)."""
+    def make(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(module), cls)(*args, **kwargs)
+    make.__qualname__ = make.__name__ = cls
+    return make
+
+
 RECIPES = {"baseline": Recipe, "focal": Focal, "ldam_drw": LdamDrw, "eql": Eql, "cb_loss": CbLoss,
-           "cbs": Cbs, "srs": Srs, "mixup": Mixup, "framestack": FrameStack}
+           "cbs": Cbs, "srs": Srs, "mixup": Mixup, "framestack": FrameStack,
+           "move": _lazy_recipe("train.move", "Move"), "medc": _lazy_recipe("train.medc", "Medc")}
 
 
 def build(name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts,

@@ -11,7 +11,7 @@ from manifests import tables
 from manifests.errors import UserError
 from manifests.files import atomic_path
 from manifests.manifest import read_manifest
-from train import checkpoints, methods
+from train import checkpoints, distributed, methods
 from train.config import TrainConfig
 from train.data import FeatureBank
 from train.loop import SplitData, Trainer, derived_seed
@@ -67,6 +67,8 @@ def run_train(cfg: TrainConfig, extract_dir: Path, split_dir: Path, run_dir: Pat
             (Path(run_dir) / name).unlink(missing_ok=True)
     resumed = trainer.resume() if resume else False
     best = trainer.fit()
+    if not distributed.is_main():  # rank 0 writes the predictions and the manifest
+        return {}, []
     logits = trainer.predict_best("test")
     test = trainer.splits["test"]
     with atomic_path(Path(run_dir) / PREDICTIONS) as tmp, open(tmp, "wb") as handle:

@@ -1,0 +1,299 @@
+"""MOVE (AAAI'23): dynamic PSA + NetVLAD aggregators, Dynamic Frame Sampler, dynamic extrapolation and
+calibrated interpolation (REFERENCE.md section 4, quirks section 8, pseudo-code section 10).
+
+Training step (:meth:`Move.training_loss`), for a batch ``x`` (B, T, D) with multi-hot ``y`` (B, C):
+
+1. **DFS bound** per video: ``L_i = uint32(mean_{c in labels(i)} lb_c)`` with
+   ``lb_c = max(c~_c * T_train, sigma)`` (:func:`dfs_bounds`, :func:`video_bounds`); sampling clamps
+   ``L_i`` to ``[1, T]``.
+2. **Dynamic PSA** (:meth:`MoveModel.dynamic_psa`): per video and per view ``k ~ U{L_i..T}``, a random
+   k-subset of the clip's frames, query = its mean (also the residual); one key mask shared by both views:
+   ``k' ~ U{L_i..T}`` and a random k'-subset ``M``. ``train.compat=fixed`` keeps ``M`` as the keys (masks
+   the complement); ``reference`` excludes ``M`` from the keys as the published code does (with
+   ``k' = T`` every key is masked and the attention is uniform over all frames).
+3. **Dynamic NetVLAD** (:meth:`MoveModel.dynamic_netvlad`): input BatchNorm over the B*T frame rows, then
+   (``reference`` only) ``detach`` so the input BN's affine parameters get no gradient; per video and per
+   view keep a random ``k ~ U{L_i..T}`` subset of frames (the others are zeroed); both views are pooled
+   as one 2B batch (so the inner BatchNorms see 2B rows, REFERENCE section 8 item 19, in both modes).
+4. **Extrapolation**: ``F_v = [PSA_v, VLAD_v]``, one ``omega ~ Beta(2,2) + 1`` per batch,
+   ``E = omega F1 + (1 - omega) F2``. Off (``move.extrapolation=false``): only one view is computed and
+   ``E = F1``.
+5. **Calibrated interpolation**: one ``lambda ~ Beta(1,1)`` per batch and ``perm = randperm(B)``
+   (:func:`train.augment.mixup`), ``X = lambda E + (1 - lambda) E[perm]``,
+   ``Y = clamp((lambda y + (1 - lambda) y[perm]) * s, 0, 1)`` with ``s_c = 1 - c~_c + gamma``
+   (:func:`calibration`). Off (``move.interpolation=false``): ``X = E`` and ``Y = y`` (no calibration
+   either: the calibration belongs to the mixing step).
+6. ``BCE_with_logits(classifier(X as a one-frame clip), Y)``, mean over B x C; **no gradient clipping**.
+
+Evaluation (``model.eval(); model(x)``) is the static path on all frames: PSA with the temporal-mean
+query and no key mask, NetVLAD without masks, ``[PSA, VLAD]`` -> ``NonlinearClassifier``.
+
+Randomness: everything comes from the batch's ``torch.Generator`` (dropout from torch's global RNG,
+which the loop seeds per epoch), drawn on the generator's device, in this order: PSA (view 1, view 2:
+``B`` float64 uniforms for ``k`` then ``(B, T)`` float32 uniforms whose ranks pick the subset; then the
+same for the key mask), NetVLAD (view 1, view 2), ``omega`` (three float64 uniforms, their median is
+Beta(2,2): the 2nd order statistic of 3 uniforms), ``lambda`` (one float64 uniform = Beta(1,1)) and
+``perm``. ``k = L + floor(u (T - L + 1))`` is uniform on ``{L..T}``; the subset of size k is the set of
+frames whose uniform ranks below k, a uniformly random k-subset.
+
+The MiniKinetics batch bug (REFERENCE 5.7) is never reproduced: the DFS runs for every video.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from train import augment, losses
+from train.config import MoveConfig, TrainConfig
+from train.methods import Recipe
+from train.models import NetVLADAggregator, NonlinearClassifier, PSAAggregator
+
+__all__ = [
+    "dfs_bounds",
+    "video_bounds",
+    "calibration",
+    "calibrated_targets",
+    "beta22",
+    "sample_counts",
+    "random_subsets",
+    "MoveModel",
+    "Move",
+]
+
+
+# --------------------------------------------------------------------------- DFS constants
+
+def _counts(class_counts) -> np.ndarray:
+    if isinstance(class_counts, torch.Tensor):
+        class_counts = class_counts.detach().cpu().numpy()
+    n = np.asarray(class_counts, dtype=np.float64).reshape(-1)
+    if n.size == 0 or np.any(n < 0) or not np.all(np.isfinite(n)):
+        raise ValueError("class_counts must be a non-empty vector of finite, non-negative counts")
+    return n
+
+
+def dfs_bounds(class_counts, train_frames: int = 60, sigma: float = 3.0):
+    """Per-class DFS lower bound ``lb_c`` (float64) and the min-max normalised frequency ``c~_c``.
+
+    ``p_c = n_c / sum(n)``, ``c~_c = (p_c - min p) / (max p - min p)``, ``lb_c = max(c~_c * train_frames,
+    sigma)`` (REFERENCE 4.4; computed in float64 through ``p`` like the reference). When every class has
+    the same count ``c~ = 0`` (no class is a head class; the reference would divide by zero).
+    """
+    n = _counts(class_counts)
+    total = n.sum()
+    p = n / total if total > 0 else n
+    span = p.max() - p.min()
+    c_tilde = (p - p.min()) / span if span > 0 else np.zeros_like(p)
+    lb = np.maximum(c_tilde * float(train_frames), float(sigma))
+    return lb, c_tilde
+
+
+def video_bounds(lb, y) -> np.ndarray:
+    """``L_i = uint32(mean of lb over the labels of video i)`` for multi-hot ``y`` (B, C).
+
+    A video without labels gets ``uint32(min lb)`` (the floor); sampling clamps ``L`` to ``[1, T]``.
+    """
+    lb = np.asarray(lb, dtype=np.float64).reshape(-1)
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    labels = np.asarray(y) > 0
+    if labels.ndim != 2 or labels.shape[1] != lb.size:
+        raise ValueError(f"y must be (B, {lb.size}), got {labels.shape}")
+    out = np.empty(labels.shape[0], dtype=np.uint32)
+    for i, row in enumerate(labels):
+        out[i] = np.uint32(np.mean(lb[row]) if row.any() else lb.min())
+    return out
+
+
+def calibration(c_tilde, gamma: float = 0.5):
+    """Per-class target scale ``s_c = 1 - c~_c + gamma`` (REFERENCE 4.6); numpy in, numpy out."""
+    return 1.0 - np.asarray(c_tilde, dtype=np.float64) + float(gamma)
+
+
+def calibrated_targets(y_mixed: torch.Tensor, s) -> torch.Tensor:
+    """``clamp(y_mixed * s, 0, 1)`` with the per-class scale ``s`` (C,)."""
+    s = torch.as_tensor(s, dtype=y_mixed.dtype, device=y_mixed.device)
+    return torch.clamp(y_mixed * s, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- random draws
+
+def _gen_device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def beta22(generator: torch.Generator | None = None) -> float:
+    """One Beta(2, 2) variate: the median of three Uniform(0, 1) (float64) draws."""
+    u = torch.rand(3, generator=generator, device=_gen_device(generator), dtype=torch.float64)
+    return float(u.median().item())
+
+
+def sample_counts(bounds: torch.Tensor, frames: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``k_i ~ U{L_i..T}`` for each video (int64, on the generator's device); ``L`` clamped to [1, T]."""
+    low = bounds.to(device=_gen_device(generator), dtype=torch.float64).clamp(1, frames)
+    u = torch.rand(low.shape, generator=generator, device=low.device, dtype=torch.float64)
+    k = low + torch.floor(u * (frames - low + 1))
+    return k.clamp(max=frames).long()
+
+
+def random_subsets(k: torch.Tensor, frames: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, T) bool: a uniformly random subset of ``k_i`` of the ``T`` frames for each video."""
+    u = torch.rand((k.shape[0], frames), generator=generator, device=k.device)
+    ranks = u.argsort(dim=1).argsort(dim=1)
+    return ranks < k.to(ranks.device).unsqueeze(1)
+
+
+# --------------------------------------------------------------------------- model
+
+class MoveModel(nn.Module):
+    """MOVE's aggregators and classifier. ``forward`` is the static (evaluation) path.
+
+    ``features(x) = concat([PSA(x) (in_dim), NetVLAD(x) (vlad_hidden)])`` (either alone with
+    ``aggregators=psa|netvlad``) -> ``classifier`` = ``NonlinearClassifier(feature_dim)`` on the
+    one-frame clip ``(B, 1, feature_dim)``.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, hidden: int = 2048, aggregators: str = "both",
+                 clusters: int = 64, vlad_hidden: int = 1024, n_head: int = 4, dropout: float = 0.5,
+                 psa_dropout: float = 0.1):
+        super().__init__()
+        if aggregators not in ("psa", "netvlad", "both"):
+            raise ValueError(f"aggregators must be psa, netvlad or both, got {aggregators!r}")
+        self.in_dim, self.num_classes, self.aggregators = int(in_dim), int(num_classes), aggregators
+        self.psa = self.netvlad = None
+        width = 0
+        if aggregators in ("psa", "both"):
+            self.psa = PSAAggregator(self.in_dim, n_head=n_head, dropout=psa_dropout, attn_dropout=psa_dropout)
+            width += self.in_dim
+        if aggregators in ("netvlad", "both"):
+            self.netvlad = NetVLADAggregator(self.in_dim, clusters=clusters, hidden=vlad_hidden)
+            width += int(vlad_hidden)
+        self.feature_dim = width
+        self.classifier = NonlinearClassifier(width, self.num_classes, hidden=hidden, dropout=dropout)
+
+    # ---------------------------------------------------------------- static path
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Static aggregated features (B, feature_dim): mean-query PSA over all frames, unmasked NetVLAD."""
+        parts = []
+        if self.psa is not None:
+            parts.append(self.psa.aggregate(x))
+        if self.netvlad is not None:
+            parts.append(self.netvlad(x))
+        return torch.cat(parts, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).unsqueeze(1))
+
+    # ---------------------------------------------------------------- dynamic path (training)
+    def dynamic_psa(self, x: torch.Tensor, bounds: torch.Tensor, views: int = 2,
+                    generator: torch.Generator | None = None, reference: bool = False, info: dict | None = None):
+        """Dynamic PSA: ``views`` subset-mean queries and one shared random key mask -> (B, views, D)."""
+        b, t, _ = x.shape
+        masks = []
+        for _ in range(views):
+            k = sample_counts(bounds, t, generator)
+            masks.append(random_subsets(k, t, generator))
+        q_mask = torch.stack(masks, dim=1).to(device=x.device, dtype=x.dtype)  # (B, V, T)
+        query = torch.matmul(q_mask, x) / q_mask.sum(dim=2, keepdim=True)  # subset means
+        k_key = sample_counts(bounds, t, generator)
+        sampled = random_subsets(k_key, t, generator).to(x.device)  # (B, T): the k' sampled frames
+        key_mask = ~sampled if reference else sampled  # reference: the sampled frames are EXCLUDED
+        out, attn = self.psa(x, query=query, key_mask=key_mask, return_attn=True)
+        if info is not None:
+            info.update(psa_query_mask=q_mask.bool(), psa_key_mask=key_mask, psa_attn=attn)
+        return out
+
+    def dynamic_netvlad(self, x: torch.Tensor, bounds: torch.Tensor, views: int = 2,
+                        generator: torch.Generator | None = None, reference: bool = False,
+                        info: dict | None = None):
+        """Dynamic NetVLAD: ``views`` independently masked copies pooled as one batch -> list of (B, hidden)."""
+        b, t, _ = x.shape
+        xn = self.netvlad.normalise(x)
+        if reference:
+            xn = xn.detach()  # the reference pools a detached copy: bn1's affine parameters get no gradient
+        masks = []
+        for _ in range(views):
+            k = sample_counts(bounds, t, generator)
+            masks.append(random_subsets(k, t, generator))
+        frame_mask = torch.cat(masks, dim=0).to(x.device)  # (V*B, T)
+        pooled = self.netvlad.pool(xn.repeat(views, 1, 1), frame_mask)  # BN layers see V*B rows
+        if info is not None:
+            info.update(vlad_masks=torch.stack(masks, dim=1))
+        return list(pooled.split(b, dim=0))
+
+    def dynamic_views(self, x: torch.Tensor, bounds: torch.Tensor, views: int = 2,
+                      generator: torch.Generator | None = None, reference: bool = False,
+                      info: dict | None = None) -> list:
+        """The ``views`` dynamic features ``F_v = [PSA_v, VLAD_v]``, each (B, feature_dim)."""
+        psa = vlad = None
+        if self.psa is not None:
+            psa = self.dynamic_psa(x, bounds, views, generator, reference, info)
+        if self.netvlad is not None:
+            vlad = self.dynamic_netvlad(x, bounds, views, generator, reference, info)
+        out = []
+        for v in range(views):
+            parts = ([psa[:, v]] if psa is not None else []) + ([vlad[v]] if vlad is not None else [])
+            out.append(torch.cat(parts, dim=1))
+        return out
+
+
+def move_options(options: dict | None) -> MoveConfig:
+    """The ``move`` config section from a recipe's options (a MoveConfig, a dict, or absent)."""
+    section = (options or {}).get("move")
+    if section is None:
+        return MoveConfig()
+    if isinstance(section, MoveConfig):
+        return section
+    return MoveConfig.model_validate(section if isinstance(section, dict) else dict(section))
+
+
+class Move(Recipe):
+    """``train.method=move``: see the module docstring."""
+
+    loss_name = "bce"
+
+    def __init__(self, name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts,
+                 options: dict | None = None):
+        self.name, self.cfg, self.options = name, cfg, options or {}
+        self.move = move_options(self.options)
+        self.reference = cfg.compat == "reference"
+        counts = np.asarray(class_counts)
+        if counts.shape != (num_classes,):
+            raise ValueError(f"class_counts has shape {counts.shape}, expected ({num_classes},)")
+        self.lb, self.c_tilde = dfs_bounds(counts, cfg.train_frames, self.move.lb)
+        self.scale = calibration(self.c_tilde, self.move.calib_bias)
+        self.model = MoveModel(in_dim, num_classes, hidden=cfg.hidden, aggregators=self.move.aggregators,
+                               clusters=self.move.clusters, vlad_hidden=self.move.vlad_hidden,
+                               n_head=self.move.n_head)
+        self.criterion = losses.build(self.loss_name, counts, **cfg.loss)
+        self.last: dict = {}  # what the last training step did (for tests and debugging)
+
+    def clip_parameters(self):
+        """MOVE never clips gradients (REFERENCE 4.7 / 8.13)."""
+        return []
+
+    def start_epoch(self, epoch: int) -> None:
+        self.criterion.set_epoch(epoch)
+
+    def training_loss(self, x, y, chosen, generator):
+        model = self.model
+        views = 2 if self.move.extrapolation else 1
+        bounds = torch.from_numpy(video_bounds(self.lb, y).astype(np.int64))
+        info: dict = {"bounds": bounds, "views": views}
+        feats = model.dynamic_views(x, bounds, views, generator, self.reference, info)
+        if self.move.extrapolation:
+            omega = 1.0 + beta22(generator)
+            e = omega * feats[0] + (1.0 - omega) * feats[1]
+        else:
+            omega, e = None, feats[0]
+        if self.move.interpolation:
+            e, y_mixed, lam = augment.mixup(e, y, generator)
+            target = calibrated_targets(y_mixed, self.scale)
+        else:
+            lam, target = None, y
+        info.update(omega=omega, lam=lam, target=target)
+        self.last = info
+        logits = model.classifier(e.unsqueeze(1))
+        return self.criterion(logits, target)
