@@ -12,7 +12,7 @@ from manifests.errors import StageFailed, UserError
 log = logging.getLogger("pipeline")
 
 BENCHMARKS = {"evaluate": ("evaluate.bench", "bench_evaluate"), "extract": ("extract.bench", "bench_extract"),
-              "store": ("extract.bench", "bench_store")}
+              "store": ("extract.bench", "bench_store"), "train": ("train.bench", "bench_train")}
 EPILOG = """examples:
   python -m pipeline run                                   # the embedded demo, end to end, offline
   python -m pipeline run --config videolt_r50 --stage split

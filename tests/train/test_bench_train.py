@@ -1,0 +1,12 @@
+"""bench train runs every method's step and reports parameter counts (no timing assertions)."""
+
+from train.bench import bench_train
+from train.models import NonlinearClassifier
+
+
+def test_bench_train_reports_each_method():
+    result = bench_train(batch=4, frames=6, dim=16, classes=5, repeats=1, method_names=("baseline", "mixup"))
+    assert set(result["methods"]) == {"baseline", "mixup"}
+    expected = sum(p.numel() for p in NonlinearClassifier(16, 5).parameters())
+    assert result["methods"]["baseline"]["parameters"] == expected == 16 * 2048 + 2048 + 2048 * 5 + 5
+    assert result["methods"]["baseline"]["step_s_median"] > 0

@@ -1,0 +1,55 @@
+"""``bench train``: time of one training step of each method on a fixed synthetic batch."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from train import methods
+from train.config import MedcConfig, MoveConfig, TrainConfig
+
+
+def bench_train(batch: int = 128, frames: int = 60, dim: int = 2048, classes: int = 1004, repeats: int = 3,
+                method_names: tuple = ("baseline", "move", "medc"), seed: int = 0) -> dict:
+    """Per-step seconds (min/median of ``repeats`` after one warm-up step), samples/s and parameter
+    counts of each method's training step (forward, loss, backward, Adam step) on the CPU/GPU."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rng = np.random.default_rng(seed)
+    counts = np.sort(rng.integers(44, 1913, classes))[::-1].copy()
+    x = torch.from_numpy(rng.normal(size=(batch, frames, dim)).astype(np.float32)).to(device)
+    y = torch.zeros(batch, classes, device=device)
+    y[torch.arange(batch), torch.from_numpy(rng.integers(0, classes, batch))] = 1
+    chosen = torch.full((batch,), -1, device=device)
+    options = {"move": MoveConfig(), "medc": MedcConfig()}
+    results = {}
+    for name in method_names:
+        if name not in methods.RECIPES:
+            continue
+        torch.manual_seed(seed)
+        recipe = methods.build(name, TrainConfig(method=name, train_frames=frames), dim, classes, counts, options)
+        recipe.model.to(device).train()
+        optimizer = torch.optim.Adam(recipe.parameters(), lr=1e-4)
+        generator = torch.Generator().manual_seed(seed)
+        times = []
+        for step in range(repeats + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            loss = recipe.training_loss(x, y, chosen, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if step:  # the first step warms up allocators and kernels
+                times.append(time.perf_counter() - started)
+        median = statistics.median(times)
+        results[name] = {"step_s_min": round(min(times), 4), "step_s_median": round(median, 4),
+                         "samples_per_s": round(batch / median, 1),
+                         "parameters": sum(p.numel() for p in recipe.model.parameters())}
+        del recipe, optimizer
+    return {"bench": "train", "device": device.type, "batch": batch, "frames": frames, "dim": dim,
+            "classes": classes, "repeats": repeats, "methods": results}
