@@ -185,9 +185,10 @@ def run_extract_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: Run
 def train_settings(cfg: Config) -> dict:
     """The train config a run depends on, with the method's own section (move, medc) when it has one."""
     settings = {**cfg.train.model_dump(), "seed": cfg.seed}
-    for method in ("move", "medc"):
-        if cfg.train.method == method:
-            settings[method] = getattr(cfg, method).model_dump()
+    if cfg.train.method == "move":
+        settings["move"] = cfg.move.model_dump()
+    if cfg.train.method == "medc":  # MEDC on MOVE's aggregators (medc.trunk=aggregators) reads move.* too
+        settings.update(medc=cfg.medc.model_dump(), move=cfg.move.model_dump())
     return settings
 
 

@@ -147,9 +147,12 @@ class Trainer:
             order, picked = draws[:, 0], draws[:, 1]
         else:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(train.positions))
-        cuts = range(0, len(order), self.cfg.batch_size)
-        batches = [train.positions[order[i:i + self.cfg.batch_size]] for i in cuts]
-        chosen = None if picked is None else [picked[i:i + self.cfg.batch_size] for i in cuts]
+        cuts = list(range(0, len(order), self.cfg.batch_size))
+        if len(cuts) > 1 and len(order) - cuts[-1] < 2 * distributed.rank_and_world()[1]:
+            cuts.pop()  # a last batch of one video (per process) joins the one before: BatchNorm needs two
+        ends = cuts[1:] + [len(order)]
+        batches = [train.positions[order[a:b]] for a, b in zip(cuts, ends)]
+        chosen = None if picked is None else [picked[a:b] for a, b in zip(cuts, ends)]
         labels = {int(p): l for p, l in zip(train.positions, train.labels)}
         return EpochBatches(self.bank, labels, self.num_classes, batches, chosen, self.cfg.train_frames,
                             self.seed, epoch, shard=distributed.rank_and_world())

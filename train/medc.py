@@ -141,6 +141,7 @@ def sorting_loss(mu: torch.Tensor, y: torch.Tensor, tau: float = 0.1) -> torch.T
     For anchor i with positives P(i) = {p != i sharing >= 1 label}:
     ``-mean_{p in P(i)} log(exp(u_i.u_p/tau) / sum_{a != i} exp(u_i.u_a/tau))``; averaged over the
     anchors that have a positive (others skipped). 0 (with a graph) when no anchor has one.
+    Computed in float32.
     """
     u = F.normalize(mu.float(), dim=1)
     b = u.shape[0]
@@ -148,23 +149,21 @@ def sorting_loss(mu: torch.Tensor, y: torch.Tensor, tau: float = 0.1) -> torch.T
     eye = torch.eye(b, dtype=torch.bool, device=u.device)
     labels = (y > 0).float()
     positive = ((labels @ labels.t()) > 0) & ~eye
-    log_denominator = torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1, keepdim=True)
+    # a finite fill (not -inf) keeps a one-sample batch (empty denominator) finite in both directions
+    log_denominator = torch.logsumexp(sim.masked_fill(eye, -1e9), dim=1, keepdim=True)
     log_prob = torch.where(positive, sim - log_denominator, torch.zeros_like(sim))
     n_pos = positive.sum(dim=1)
-    valid = n_pos > 0
-    if not bool(valid.any()):
-        return u.sum() * 0.0
-    per_anchor = -log_prob.sum(dim=1)[valid] / n_pos[valid]
-    return per_anchor.mean()
+    valid = (n_pos > 0).float()
+    per_anchor = -log_prob.sum(dim=1) / n_pos.clamp(min=1)  # 0 for anchors without positives
+    return (per_anchor * valid).sum() / valid.sum().clamp(min=1)  # no host sync on GPU
 
 
 def region_loss(sigma: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """``mean_i (mean_dims(sigma_i^2) - gamma_{y_i})^2`` over the videos with labels."""
     target, has = sample_region_targets(y, gamma.to(device=sigma.device, dtype=torch.float32))
     size = sigma.float().pow(2).mean(dim=1)
-    if not bool(has.any()):
-        return size.sum() * 0.0
-    return (size - target)[has].pow(2).mean()
+    has = has.float()
+    return ((size - target).pow(2) * has).sum() / has.sum().clamp(min=1)
 
 
 def combine_experts(logits: list, inference: str = "probabilities") -> torch.Tensor:

@@ -140,7 +140,8 @@ class PSAAggregator(nn.Module):
                 m = key_mask[:, None, :, :]
             else:
                 raise ValueError(f"key_mask must be (B, T) or (B, Q, T), got {tuple(key_mask.shape)}")
-            scores = scores.masked_fill(m.to(scores.device) == 0, -1e9)
+            # -1e9 as the reference; clipped to the dtype's range so fp16 autocast works too
+            scores = scores.masked_fill(m.to(scores.device) == 0, max(-1e9, torch.finfo(scores.dtype).min))
         attn = self.attn_dropout(F.softmax(scores, dim=-1))
         out = torch.matmul(attn, v).transpose(1, 2).contiguous().view(b, nq, h * dv)
         out = self.layer_norm(self.dropout(self.fc(out)) + query)

@@ -266,8 +266,8 @@ class Move(Recipe):
         self.scale = calibration(self.c_tilde, self.move.calib_bias)
         self.model = MoveModel(in_dim, num_classes, hidden=cfg.hidden, aggregators=self.move.aggregators,
                                clusters=self.move.clusters, vlad_hidden=self.move.vlad_hidden,
-                               n_head=self.move.n_head)
-        self.criterion = losses.build(self.loss_name, counts, **cfg.loss)
+                               n_head=self.move.n_head, dropout=cfg.dropout)
+        self.criterion = losses.build(self.loss_name, counts, **cfg.loss.get(self.loss_name, {}))
         self.last: dict = {}  # what the last training step did (for tests and debugging)
 
     def clip_parameters(self):

@@ -136,3 +136,11 @@ def test_nan_loss_stops_with_a_message(work, capsys, monkeypatch):
     monkeypatch.setattr(methods.Recipe, "training_loss", lambda self, x, y, chosen, g: torch.tensor(float("nan")))
     assert train(args) == 1
     assert "training diverged: the baseline loss is nan at epoch 0, batch 0" in capsys.readouterr().err
+
+
+def test_a_last_batch_of_one_video_joins_the_previous_batch(work):
+    run, args = work
+    # 45 training videos in batches of 22: 22 + 23 instead of 22 + 22 + 1 (BatchNorm needs two rows)
+    assert train(args, "--set", "train.head=aggregators", "--set", "train.batch_size=22",
+                 "--set", "train.epochs=1", "--set", "train.eval_every=1") == 0
+    assert (run / "train" / "baseline+aggregators" / "predictions.npz").exists()
