@@ -83,3 +83,9 @@ def write_feature_work_dir(work_dir: Path, num_classes=4, per_class=(24, 12, 6, 
                                            ["videos.parquet", "shard-00000.h5"], {}))
     assert main(["run", "-q", "--stage", "split", *args]) == 0
     return args
+
+
+@pytest.fixture
+def feature_work_dir():
+    """:func:`write_feature_work_dir` as a fixture (test modules cannot import conftest reliably)."""
+    return write_feature_work_dir

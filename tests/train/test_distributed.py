@@ -16,11 +16,10 @@ ARGS = ["--set", "train.epochs=3", "--set", "train.batch_size=16", "--set", "tra
         "--no-progress", "-q"]
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
-    from conftest import write_feature_work_dir
+def test_two_gloo_processes_match_one_process(tmp_path, feature_work_dir):
 
     single = tmp_path / "single"
-    args = write_feature_work_dir(single, per_class=(24, 12, 8, 4))  # 48 train videos: 3 full batches
+    args = feature_work_dir(single, per_class=(24, 12, 8, 4))  # 48 train videos: 3 full batches
     double = tmp_path / "double"
     shutil.copytree(single, double)
     args_double = [a.replace(str(single), str(double)) for a in args]

@@ -263,12 +263,11 @@ def test_training_loss_decreases(medc):
 
 
 @pytest.mark.parametrize("extra", [[], ["--set", "medc.trunk=aggregators", "--set", "medc.inference=logits"]])
-def test_medc_runs_through_the_train_stage(tmp_path, extra):
-    from conftest import write_feature_work_dir
+def test_medc_runs_through_the_train_stage(tmp_path, extra, feature_work_dir):
     from pipeline.cli import main
 
     run = tmp_path / "run"
-    args = write_feature_work_dir(run)
+    args = feature_work_dir(run)
     argv = ["run", "--stage", "train", *args, "--set", "train.method=medc", "--set", "train.epochs=3",
             "--set", "train.batch_size=16", "--set", "train.train_frames=6", "--set", "train.eval_frames=10",
             "--set", "medc.trunk_dim=32", "--set", "medc.expert_dim=16", "--set", "move.vlad_hidden=16",

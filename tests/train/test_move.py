@@ -273,12 +273,11 @@ def test_training_loss_decreases(compat):
 
 
 @pytest.mark.parametrize("extra", [[], ["--set", "train.compat=reference", "--set", "move.extrapolation=false"]])
-def test_move_runs_through_the_train_stage(tmp_path, extra):
-    from conftest import write_feature_work_dir
+def test_move_runs_through_the_train_stage(tmp_path, extra, feature_work_dir):
     from pipeline.cli import main
 
     run = tmp_path / "run"
-    args = write_feature_work_dir(run)
+    args = feature_work_dir(run)
     argv = ["run", "--stage", "train", *args, "--set", "train.method=move", "--set", "train.epochs=3",
             "--set", "train.batch_size=16", "--set", "train.hidden=32", "--set", "train.train_frames=6",
             "--set", "train.eval_frames=10", "--set", "move.vlad_hidden=16", "--set", "move.clusters=4",

@@ -18,11 +18,10 @@ FAST = ["--set", "train.epochs=4", "--set", "train.batch_size=16", "--set", "tra
 
 
 @pytest.fixture
-def work(tmp_path):
-    from conftest import write_feature_work_dir
+def work(tmp_path, feature_work_dir):
 
     run = tmp_path / "run"
-    return run, write_feature_work_dir(run)
+    return run, feature_work_dir(run)
 
 
 def train(args, *extra):
