@@ -57,7 +57,7 @@ def test_missing_config_file_names_candidates(capsys):
 
 
 def test_config_resolves_defaults_and_overrides():
-    cfg = load_config("minikinetics200", ("split.imbalance=0.1", "dataset.root=/x"), work_dir="w")
+    cfg = load_config("minik200_r50", ("split.imbalance=0.1", "dataset.root=/x"), work_dir="w")
     assert (cfg.split.imbalance, cfg.dataset.root, cfg.work_dir, cfg.dataset.format) == (0.1, "/x", "w", "minikinetics")
 
 
@@ -197,7 +197,7 @@ def test_minikinetics_split_through_the_cli(tmp_path):
     (root / "train.lst").write_text("".join(f"c{i:03d} {c}\n" for i, c in enumerate(labels)))
     (root / "val.lst").write_text("".join(f"v{i} {i % 3}\n" for i in range(6)))
     work = tmp_path / "run"
-    assert run("run", "--config", "minikinetics200", "--stage", "split", "--set", f"dataset.root={root}",
+    assert run("run", "--config", "minik200_r50", "--stage", "split", "--set", f"dataset.root={root}",
                "--set", "split.imbalance=0.1", "--work-dir", str(work)) == 0
     summary = manifest(work, "split")["summary"]
     assert summary["videos"] == {"train": 14, "val": 6, "test": 6} and summary["test_is_val"]
