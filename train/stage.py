@@ -14,7 +14,7 @@ from manifests.manifest import read_manifest
 from train import checkpoints, distributed, methods
 from train.config import TrainConfig
 from train.data import FeatureBank
-from train.loop import SplitData, Trainer, derived_seed
+from train.loop import SplitData, Trainer, derived_seed, scores_for_metrics
 
 PREDICTIONS = "predictions.npz"
 
@@ -72,7 +72,7 @@ def run_train(cfg: TrainConfig, extract_dir: Path, split_dir: Path, run_dir: Pat
     logits = trainer.predict_best("test")
     test = trainer.splits["test"]
     with atomic_path(Path(run_dir) / PREDICTIONS) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, scores=logits, video_ids=np.array(test.video_ids, dtype=str), method=method,
+        np.savez(handle, scores=scores_for_metrics(logits, cfg), video_ids=np.array(test.video_ids, dtype=str), method=method,
                  select_on=cfg.select_on, seed=seed)
     summary = {"method": method, "head": cfg.head, "best_epoch": best["epoch"], "select_on": cfg.select_on,
                "selection_metrics": {k: v for k, v in best.items() if k != "epoch"}, "mAP": best["mAP"],
