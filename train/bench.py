@@ -51,5 +51,44 @@ def bench_train(batch: int = 128, frames: int = 60, dim: int = 2048, classes: in
                          "samples_per_s": round(batch / median, 1),
                          "parameters": sum(p.numel() for p in recipe.model.parameters())}
         del recipe, optimizer
+    loading = bench_loading(batch, frames, dim, repeats=repeats, seed=seed)
+    step = results.get("baseline", {}).get("step_s_median")
+    if step:
+        loading["baseline_step_over_batch_build"] = {k: round(step / v["batch_s_median"], 2)
+                                                     for k, v in loading["caches"].items()}
     return {"bench": "train", "device": device.type, "batch": batch, "frames": frames, "dim": dim,
-            "classes": classes, "repeats": repeats, "methods": results}
+            "classes": classes, "repeats": repeats, "methods": results, "loading": loading}
+
+
+def bench_loading(batch: int = 128, frames: int = 60, dim: int = 2048, videos: int = 256, stored: int = 150,
+                  repeats: int = 3, seed: int = 0) -> dict:
+    """Seconds to build one training batch (random frames of ``batch`` videos) from a synthetic
+    store, with the features packed in RAM and read from the shards (page cache warm)."""
+    import tempfile
+    from pathlib import Path
+
+    from extract.store import ShardWriter
+    from train.data import EpochBatches, FeatureBank
+
+    rng = np.random.default_rng(seed)
+    out = {"videos": videos, "stored_frames": stored, "caches": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = ShardWriter(Path(tmp), "shard-00000.h5", dim, "float16")
+        ids = [f"v{i:05d}" for i in range(videos)]
+        for video_id in ids:
+            writer.add(video_id, rng.normal(size=(stored, dim)).astype(np.float16), {})
+        writer.close()
+        labels = {i: [i % 10] for i in range(videos)}
+        batches = [rng.choice(videos, batch, replace=videos < batch) for _ in range(repeats + 1)]
+        for cache in ("ram", "none"):
+            bank = FeatureBank(tmp, ids, cache=cache)
+            dataset = EpochBatches(bank, labels, 10, batches, None, frames, seed, 0)
+            times = []
+            for i in range(len(batches)):
+                started = time.perf_counter()
+                dataset[i]
+                if i:
+                    times.append(time.perf_counter() - started)
+            out["caches"][cache] = {"batch_s_min": round(min(times), 4),
+                                    "batch_s_median": round(statistics.median(times), 4)}
+    return out
