@@ -11,8 +11,7 @@ from manifests.errors import StageFailed, UserError
 
 log = logging.getLogger("pipeline")
 
-BENCHMARKS = {"evaluate": ("evaluate.bench", "bench_evaluate"), "extract": ("extract.bench", "bench_extract"),
-              "store": ("extract.bench", "bench_store"), "train": ("train.bench", "bench_train")}
+BENCHMARKS = ("evaluate", "store", "extract", "train", "demo", "all")
 EPILOG = """examples:
   python -m pipeline run                                   # the embedded demo, end to end, offline
   python -m pipeline run --config videolt_r50 --stage split
@@ -78,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", parents=[quiet], help="measure the product against the reference way (JSON line)",
                                 description="Benchmarks: ratios measured inside one run; min and median "
                                             "of >= 3 repeats; one JSON line at the end.")
-    bench.add_argument("what", choices=BENCHMARKS, help="which benchmark")
+    bench.add_argument("what", choices=BENCHMARKS, help="which benchmark; all runs every one and rewrites --out")
+    bench.add_argument("--out", default="docs/benchmarks.md", metavar="FILE",
+                       help="where `bench all` writes its report (default docs/benchmarks.md)")
 
     demo = commands.add_parser("demo-data", parents=[quiet], help="write the demo set of long-tailed H.264 videos",
                                description="Generate the embedded demo dataset: real H.264 mp4 clips, "
@@ -193,9 +194,18 @@ def cmd_report(args) -> int:
 def cmd_bench(args) -> int:
     import json
 
-    module, function = BENCHMARKS[args.what]
-    result = getattr(__import__(module, fromlist=[function]), function)()
-    print(json.dumps(result))
+    from manifests.files import write_text_atomic
+    from pipeline.benchmarks import render, run_benchmark
+
+    names = BENCHMARKS[:-1] if args.what == "all" else (args.what,)
+    results = {}
+    for name in names:
+        log.info("bench %s ...", name)
+        results[name] = run_benchmark(name)
+        print(json.dumps(results[name]), flush=True)
+    if args.what == "all":
+        write_text_atomic(Path(args.out), render(results))
+        log.info("benchmark report written to %s", args.out)
     return 0
 
 
