@@ -300,23 +300,14 @@ class MedcModel(nn.Module):
         return combine_experts(list(self.expert_logits(x).values()), self.inference)
 
 
-def _section(options: dict, key: str, cls):
-    section = (options or {}).get(key)
-    if section is None:
-        return cls()
-    if isinstance(section, cls):
-        return section
-    return cls.model_validate(section if isinstance(section, dict) else dict(section))
-
-
 class Medc(Recipe):
     """``train.method=medc``: see the module docstring."""
 
     def __init__(self, name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts,
                  options: dict | None = None):
         self.name, self.cfg, self.options = name, cfg, options or {}
-        self.medc = _section(self.options, "medc", MedcConfig)
-        move = _section(self.options, "move", MoveConfig)
+        self.medc = self.section("medc", MedcConfig)
+        move = self.section("move", MoveConfig)
         counts = _counts(class_counts)
         if counts.shape != (num_classes,):
             raise ValueError(f"class_counts has shape {counts.shape}, expected ({num_classes},)")

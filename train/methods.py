@@ -28,6 +28,10 @@ class Recipe:
         params = {**self.loss_defaults, **cfg.loss.get(self.loss_name, {})}
         self.criterion = losses.build(self.loss_name, np.asarray(class_counts), **params)
 
+    def section(self, key: str, default):
+        """A method's own config section (``move``, ``medc``) from the options, else its defaults."""
+        return self.options.get(key) or default()
+
     def parameters(self):
         """Parameters the optimiser updates."""
         return self.model.parameters()

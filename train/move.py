@@ -239,16 +239,6 @@ class MoveModel(nn.Module):
         return out
 
 
-def move_options(options: dict | None) -> MoveConfig:
-    """The ``move`` config section from a recipe's options (a MoveConfig, a dict, or absent)."""
-    section = (options or {}).get("move")
-    if section is None:
-        return MoveConfig()
-    if isinstance(section, MoveConfig):
-        return section
-    return MoveConfig.model_validate(section if isinstance(section, dict) else dict(section))
-
-
 class Move(Recipe):
     """``train.method=move``: see the module docstring."""
 
@@ -257,7 +247,7 @@ class Move(Recipe):
     def __init__(self, name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts,
                  options: dict | None = None):
         self.name, self.cfg, self.options = name, cfg, options or {}
-        self.move = move_options(self.options)
+        self.move = self.section("move", MoveConfig)
         self.reference = cfg.compat == "reference"
         counts = np.asarray(class_counts)
         if counts.shape != (num_classes,):
