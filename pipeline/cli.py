@@ -105,6 +105,9 @@ def main(argv=None) -> int:
     except StageFailed as exc:
         print(f"failed: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # e.g. piped into `head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
         return 130
@@ -155,9 +158,11 @@ def cmd_status(args) -> int:
     cfg = _load(args) if args.config or args.overrides else None
     work_dir = Path(args.work_dir) if args.work_dir else Path(cfg.work_dir if cfg else load_config().work_dir)
     print(f"work dir: {work_dir.resolve()}" + ("" if cfg else " (config changes not checked: no --config)"))
-    for name, state, created, digest, reasons in status_rows(cfg, work_dir):
-        line = f"  {name:<9} {state:<10} {created:<26} {digest}"
-        print(line.rstrip() + (f"\n            why: {reasons}" if reasons else ""))
+    rows = status_rows(cfg, work_dir)
+    width = max(len(row[0]) for row in rows) + 2
+    for name, state, created, digest, reasons in rows:
+        line = f"  {name:<{width}}{state:<9} {created:<26} {digest}"
+        print(line.rstrip() + (f"\n  {'':<{width}}why: {reasons}" if reasons else ""))
     return 0
 
 
