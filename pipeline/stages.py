@@ -49,10 +49,10 @@ class StageResult:
 class Stage:
     name: str
     description: str
+    settings: Callable[[Config], dict]  # the config its outputs depend on
+    run: Callable  # (cfg, stage_dir, work_dir, options) -> StageResult
     needs: tuple = ()  # upstream stages whose manifests are required inputs
     uses: tuple = ()  # upstream stages whose manifests are inputs when they exist
-    settings: Callable[[Config], dict] | None = None  # the config its outputs depend on
-    run: Callable | None = None  # (cfg, stage_dir, work_dir, options) -> StageResult
     per_run: bool = False  # one folder per method run: <work_dir>/<stage>/<run>/
 
 
