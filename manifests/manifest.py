@@ -133,7 +133,7 @@ def freshness(stage_dir: Path, config: dict, inputs: dict) -> Freshness:
     if manifest.schema_version != SCHEMA_VERSION:
         reasons.append(f"manifest schema {manifest.schema_version} != {SCHEMA_VERSION}")
     if manifest.config_hash != config_hash(config):
-        changed = _changed_keys(manifest.config, config)
+        changed = changed_keys(manifest.config, config)
         reasons.append("config changed" + (f" ({', '.join(changed)})" if changed else ""))
     for name in sorted(set(manifest.inputs) | set(inputs)):
         if name not in inputs:
@@ -148,18 +148,18 @@ def freshness(stage_dir: Path, config: dict, inputs: dict) -> Freshness:
         path = stage_dir / name
         if not path.exists():
             reasons.append(f"output missing: {name}")
-        elif path.stat().st_size != record["size"]:
+        elif path.stat().st_size != record["size"] or ("sha256" in record and sha256_file(path) != record["sha256"]):
             reasons.append(f"output changed on disk: {name}")
     return Freshness("stale" if reasons else "fresh", reasons)
 
 
-def _changed_keys(old: dict, new: dict, prefix: str = "") -> list:
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list:
     """Dotted keys whose values differ between two nested config dicts."""
     changed = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            changed += _changed_keys(a, b, f"{prefix}{key}.")
+            changed += changed_keys(a, b, f"{prefix}{key}.")
         elif a != b:
             changed.append(f"{prefix}{key}")
     return changed

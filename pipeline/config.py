@@ -126,7 +126,18 @@ def validate(data: dict, source: str = "config") -> Config:
         return Config.model_validate(data)
     except ValidationError as exc:
         raise UserError(f"invalid {source}:\n" + "\n".join(
-            "  " + _describe(error) for error in exc.errors())) from None
+            "  " + _describe(error) for error in _relevant(exc.errors()))) from None
+
+
+def _relevant(errors: list) -> list:
+    """One error per key, without pydantic's union-branch names in the key (``literal[...]``), and
+    only the most specific key of a union (``train.method.1`` rather than ``train.method``)."""
+    by_key = {}
+    for error in errors:
+        loc = tuple(str(p) for p in error["loc"] if "[" not in str(p))
+        by_key.setdefault(loc, {**error, "loc": loc})
+    return [e for key, e in by_key.items()
+            if not any(other[:len(key)] == key and len(other) > len(key) for other in by_key)]
 
 
 def _describe(error: dict) -> str:

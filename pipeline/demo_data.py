@@ -310,7 +310,7 @@ def _shape_sdf(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         bar = 0.3
         return np.maximum(np.minimum(bar - au, 1.0 - av), np.minimum(bar - av, 1.0 - au))
     if shape == "ring":
-        return 0.25 - np.abs(np.sqrt(u * u + v * v) - 0.75)
+        return 0.3 - np.abs(np.sqrt(u * u + v * v) - 0.7)
     if shape == "diamond":
         return (1.05 - (np.abs(u) + np.abs(v))) / np.sqrt(2.0)
     if shape == "star":
@@ -368,7 +368,7 @@ def _path(rng: np.random.Generator, direction: tuple[int, int], size: int, margi
           m_frames: int) -> tuple[np.ndarray, np.ndarray, list, list]:
     """Monotone path of the object centre over the motion frames; stays fully inside the frame."""
     avail = size - 2 * margin
-    frac = rng.uniform(0.55, 0.95)
+    frac = rng.uniform(0.6, 0.95)
     start, stop = [], []
     for d in direction:
         if d == 0:
@@ -421,12 +421,12 @@ def _render(video: dict, spec: DemoSpec, rng: np.random.Generator) -> tuple[np.n
     specs = []
     for label in labels:
         obj, d = divmod(label, n_dir)
-        radius = float(rng.uniform(0.12, 0.17) * size * radius_scale)
+        radius = float(rng.uniform(0.15, 0.2) * size * radius_scale)
         rotation = float(rng.uniform(-0.35, 0.35))
         specs.append((label, obj, d, radius, rotation))
     paths = []
     for j, (label, obj, d, radius, rotation) in enumerate(specs):
-        margin = 1.25 * radius + 1.0
+        margin = 1.2 * radius + 1.0
         direction = DIRECTIONS[spec.directions[d]]
         best = None
         for _attempt in range(12):
@@ -438,7 +438,7 @@ def _render(video: dict, spec: DemoSpec, rng: np.random.Generator) -> tuple[np.n
             gap = np.min(np.hypot(cand[0] - paths[0][0], cand[1] - paths[0][1]))
             if best is None or gap > best[-1]:
                 best = (*cand, gap)
-            if gap > 1.1 * (margin + 1.25 * specs[0][3]):
+            if gap > 1.1 * (margin + 1.2 * specs[0][3]):
                 break
         paths.append(best[:4])
     for (label, obj, d, radius, rotation), (cx, cy, start, stop) in zip(specs, paths):

@@ -112,13 +112,20 @@ def _run_stage(name: str, cfg: Config, work_dir: Path, options: RunOptions) -> s
             raise UserError(f"stage {where!r} in {stage_dir} is stale: {'; '.join(state.reasons)}; "
                             "re-run without --no-rerun to rebuild it")
         log.info("%-8s stale (%s): re-running", where, "; ".join(state.reasons))
+    if state.state == "stale":  # the outputs there belong to another config or input: never resume them
+        options = replace(options, resume="never")
     log.info("%-8s running: %s", where, stage.description)
     started = time.perf_counter()
-    stage_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            manifest_path(stage_dir).unlink(missing_ok=True)  # a stage being rebuilt is not done
+    except OSError as exc:
+        raise UserError(f"cannot write the {where} stage folder {stage_dir}: {exc.strerror}; check the work "
+                        "dir path, its permissions and free disk space") from None
     if not is_main_process():  # torchrun: the other processes train; rank 0 records the stage
         stage.run(cfg, stage_dir, work_dir, options)
         return "ran"
-    manifest_path(stage_dir).unlink(missing_ok=True)  # a stage being rebuilt is not done
     result = stage.run(cfg, stage_dir, work_dir, options)
     result.summary["seconds"] = round(time.perf_counter() - started, 3)
     inputs = {key: path for key, path in stage_inputs(name, run, work_dir).items()

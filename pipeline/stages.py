@@ -16,7 +16,7 @@ import pandas as pd
 
 from manifests import datasets, splits, tables
 from manifests.errors import UserError
-from manifests.files import read_table, write_table
+from manifests.files import read_table, sha256_file, write_table
 from manifests.groups import GROUPS, assign_groups
 from manifests.manifest import config_hash, read_manifest
 from pipeline.config import Config, group_thresholds, split_profile
@@ -195,9 +195,11 @@ def train_settings(cfg: Config) -> dict:
 def run_train_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
     from train.stage import run_train
 
+    settings = train_settings(cfg)
+    upstream = {name: sha256_file(work_dir / name / "manifest.json") for name in ("extract", "split")}
+    identity = {"config_hash": config_hash(settings), "settings": settings, "upstream": config_hash(upstream)}
     summary, outputs = run_train(cfg.train, work_dir / "extract", work_dir / "split", stage_dir, seed=cfg.seed,
-                                 method_options={"move": cfg.move, "medc": cfg.medc},
-                                 identity={"config_hash": config_hash(train_settings(cfg))},
+                                 method_options={"move": cfg.move, "medc": cfg.medc}, identity=identity,
                                  resume=options.resume == "auto" and not options.force, progress=options.progress)
     return StageResult(outputs, summary)
 

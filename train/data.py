@@ -13,6 +13,7 @@ import psutil
 import torch
 
 from extract.store import FeatureStore
+from manifests.errors import UserError
 from manifests.frames import random_indices, uniform_indices
 
 RAM_FRACTION = 0.5  # cache=auto packs features in RAM when they take at most this share of free memory
@@ -41,13 +42,23 @@ class FeatureBank:
                 self.packed = self.packed.to(device)
 
     def clips(self, positions, frames) -> torch.Tensor:
-        """(B, T, D) float32 features of the videos at ``positions``, frame rows ``frames[i]``."""
+        """(B, T, D) float32 features of the videos at ``positions``, frame rows ``frames[i]``.
+
+        Non-finite values (a shard damaged on disk) are refused, naming the video and its shard.
+        """
         if self.packed is not None:
             rows = np.concatenate([self.offsets[p] + f for p, f in zip(positions, frames)])
             index = torch.from_numpy(rows).to(self.packed.device)
-            return self.packed[index].view(len(positions), -1, self.dim).float()
-        rows = self.store.rows_batch([self.video_ids[p] for p in positions], frames)  # one gather per shard
-        return torch.from_numpy(rows).float()  # float16 -> float32 in torch (numpy's is slow)
+            x = self.packed[index].view(len(positions), -1, self.dim).float()
+        else:
+            rows = self.store.rows_batch([self.video_ids[p] for p in positions], frames)  # one gather per shard
+            x = torch.from_numpy(rows).float()  # float16 -> float32 in torch (numpy's is slow)
+        finite = torch.isfinite(x).flatten(1).all(dim=1)
+        if not bool(finite.all()):
+            video = self.video_ids[positions[int((~finite).nonzero()[0])]]
+            raise UserError(f"features of video {video!r} in {self.store.path / self.store.shard_of(video)} "
+                            "contain NaN or Inf; re-run the extract stage with --repair")
+        return x
 
 
 def batch_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:

@@ -91,10 +91,6 @@ def test_too_many_poisoned_npy_files_fail_extract_and_training_is_refused(releas
     assert "stage 'train' needs 'extract', which has not run" in refused.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: train/data.py FeatureBank (and train/loop.py evaluate) never check "
-                   "the features they load: NaN in a shard damaged on disk (same size, so the shallow open "
-                   "check and the manifest's size check pass) crashes validation with a ValueError "
-                   "traceback 'scores contain NaN' (exit 1) naming neither the video nor the shard")
 def test_nan_in_a_damaged_shard_is_reported_with_the_video_or_shard_before_training(feature_work_dir, tmp_path):
     from extract.store import FeatureStore
 

@@ -8,6 +8,7 @@ differs". Every malicious payload here would create a marker file if it were eve
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -52,8 +53,8 @@ def test_checkpoint_with_a_pickled_object_is_refused_and_never_executed(evil_che
     result = cli("run", "-q", "--stage", "train", *args)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"error: cannot read checkpoint {path}")
-    assert "delete it to start over" in result.stderr
+    assert result.stderr.startswith(f"error: checkpoint {path}: it holds objects other than tensors")
+    assert "delete it or re-run with --resume never" in result.stderr
     assert not marker.exists()
     assert not (path.parent / "manifest.json").exists()
     # the way out the message gives works, and still never unpickles the file
@@ -61,10 +62,6 @@ def test_checkpoint_with_a_pickled_object_is_refused_and_never_executed(evil_che
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: train/checkpoints.py load() pastes torch's multi-line "
-                   "weights_only error into the message, which tells the user that re-running torch.load "
-                   "with weights_only=False 'will likely succeed'; the refusal should be one clear line "
-                   "(the file holds objects other than tensors, refused; delete it or --resume never)")
 def test_checkpoint_refusal_is_one_clear_line_without_unsafe_advice(evil_checkpoint):
     args, path, marker = evil_checkpoint
     result = cli("run", "-q", "--stage", "train", *args)
@@ -81,9 +78,10 @@ def test_truncated_checkpoint_is_refused_with_its_path(feature_work_dir, tmp_pat
     assert main(["run", "-q", "--stage", "train", *args]) == 0
     last = work / "train" / "baseline" / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # as a copy cut short
-    result = cli("run", "-q", "--stage", "train", *args, "--set", "train.epochs=3")
+    (last.parent / "manifest.json").unlink()  # as after a killed run: the next run resumes from last.pt
+    result = cli("run", "-q", "--stage", "train", *args)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"error: cannot read checkpoint {last}")
+    assert result.stderr.startswith(f"error: checkpoint {last}: unreadable")
 
 
 @pytest.fixture
@@ -134,18 +132,25 @@ def test_foreign_checkpoint_without_identity_is_refused(finished_run, capsys):
     work, args = finished_run
     last = work / "train" / "baseline" / "last.pt"
     torch.save(torch.load(last, weights_only=True)["model"], last)  # a bare state_dict from elsewhere
-    err = refusal(args, capsys, "--set", "train.epochs=3")
+    (last.parent / "manifest.json").unlink()  # as after a killed run: the next run resumes from last.pt
+    err = refusal(args, capsys)
     assert "method: checkpoint None vs now 'baseline'" in err
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: train/checkpoints.py check_compatible only reports "
-                   "'config_hash: checkpoint <hex> vs now <hex>' for a changed config; it should name the "
-                   "changed keys (e.g. 'hidden: 32 -> 64') as the stage staleness message does - store the "
-                   "train settings in the checkpoint and diff them")
 def test_checkpoint_of_another_config_names_the_changed_key(finished_run, capsys):
     work, args = finished_run
+    (work / "train" / "baseline" / "manifest.json").unlink()  # a killed run, then the config changed
     err = refusal(args, capsys, "--set", "train.hidden=64")
-    assert "hidden" in err
+    assert "config changed (hidden: 32 -> 64)" in err
+
+
+def test_a_finished_run_whose_config_changed_starts_over(finished_run, capsys):
+    from pipeline.cli import main
+
+    work, args = finished_run
+    assert main(["run", "--stage", "train", *args, "--set", "train.hidden=64"]) == 0
+    summary = json.loads((work / "train" / "baseline" / "manifest.json").read_text())["summary"]
+    assert summary["resumed"] is False
 
 
 # ---------------------------------------------------------------------------------- other payloads

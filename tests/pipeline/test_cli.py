@@ -207,3 +207,16 @@ def test_minikinetics_split_through_the_cli(tmp_path):
     train = table[table.split == "train"]
     assert train[train.labels.map(lambda l: l[0] == 2)].video_id.tolist() == ["c000", "c003", "c006"]
     assert train[train.labels.map(lambda l: l[0] == 1)].video_id.tolist() == ["c002"]
+
+
+def test_demo_data_command(tmp_path):
+    assert run("demo-data", "--out", str(tmp_path / "d"), "--seed", "4") == 0
+    assert json.loads((tmp_path / "d" / "demo.json").read_text())["seed"] == 4
+    assert len(pd.read_csv(tmp_path / "d" / "labels.csv")) > 300
+
+
+def test_union_errors_name_the_key_without_internal_branch_names(capsys):
+    assert run("config", "--set", "train.method=[baseline,foo]") == 2
+    err = capsys.readouterr().err
+    assert "train.method.1: Input should be 'baseline'" in err and "literal[" not in err
+    assert len(err.strip().splitlines()) == 2

@@ -124,7 +124,7 @@ def test_checkpoint_of_another_config_is_refused(work, capsys, monkeypatch):
     monkeypatch.setattr(loop.Trainer, "train_epoch", original)
     assert train(args, "--set", "train.lr=0.01") == 2
     err = capsys.readouterr().err
-    assert "belongs to another run (config_hash" in err and "--resume never" in err
+    assert "belongs to another run (config changed (lr: 0.003 -> 0.01))" in err and "--resume never" in err
     assert train(args, "--set", "train.lr=0.01", "--resume", "never") == 0
 
 
