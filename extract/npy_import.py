@@ -97,8 +97,11 @@ def run_npy(plan: NpyPlan, sink, stop) -> None:
         if status != "ok":
             sink.fail(it.video_id, f"{it.file.name}: {problem}", {"path": str(it.file)})
         rows.append((it.video_id, str(it.file), status, it.shape, it.dtype, problem or ("; ".join(notes) or None)))
-    with open(plan.report_path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["video_id", "file", "status", "shape", "dtype", "problem"])
-        for r in rows:
-            w.writerow([r[0], r[1], r[2], "x".join(map(str, r[3])), r[4], r[5] or ""])
+    from manifests.files import atomic_path  # an OSError (disk full) becomes a UserError naming the file
+
+    with atomic_path(plan.report_path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["video_id", "file", "status", "shape", "dtype", "problem"])
+            for r in rows:
+                w.writerow([r[0], r[1], r[2], "x".join(map(str, r[3])), r[4], r[5] or ""])

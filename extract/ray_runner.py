@@ -3,7 +3,9 @@
 The driver is the single writer (via the stage's ResultSink). Each decode task runs the same
 decode path as the in-process runner (decord, PyAV fallback, killable decode process with a
 timeout); each actor runs the same FrameEncoder, so both runners give the same features.
-Errors are caught per video; a crashed actor is restarted by Ray and its videos are resubmitted.
+Errors are caught per video; a crashed actor is restarted by Ray (or replaced by a fresh one) and its
+videos are resubmitted once it answers again. An actor dying or restarting is not a video's failure:
+only a video that was running each time its actor crashed, MAX_MODEL_ATTEMPTS times, is recorded as failed.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from manifests.errors import UserError
 
 from .config import ExtractConfig
 
-log = logging.getLogger("extract")
-MAX_MODEL_ATTEMPTS = 3
+log = logging.getLogger("pipeline.extract")  # same logger as extract/stage.py
+MAX_MODEL_ATTEMPTS = 3          # crashes of the actor while this video was running before it is failed
+ACTOR_READY_TIMEOUT_S = 600.0   # a dead actor that has not answered `ready` by then is replaced
+PROBE_BACKOFF_S = (0.25, 5.0)   # first and longest pause between `ready` probes of a restarting actor
+MAX_ACTOR_REPLACEMENTS = 3      # fresh actors started per actor slot before the run gives up
 
 
 def _decode_in_task(job, timeout_s: float):
@@ -56,6 +61,10 @@ class _ModelActor:
     def describe(self) -> dict:
         return self.enc.describe()
 
+    def ready(self) -> bool:
+        """A cheap call: answers once the actor (re)started and loaded its model."""
+        return True
+
     def embed(self, frames: np.ndarray) -> np.ndarray:
         return self.enc.embed_video(frames)
 
@@ -65,10 +74,32 @@ def _unwrap(e: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else e
 
 
+def _is_actor_error(ray, e: BaseException) -> bool:
+    """The error means the actor died / is restarting / cannot be reached, not that the video is bad."""
+    return isinstance(e, ray.exceptions.RayActorError) or \
+        type(e).__name__ in ("ActorDiedError", "ActorUnavailableError", "RayActorError")
+
+
+class _Slot:
+    """Health of one model actor: up, or down since `since` and being probed with `ready`."""
+
+    def __init__(self):
+        self.up = True
+        self.epoch = 0             # +1 each time the actor goes down: late errors of older tasks are ignored
+        self.since = 0.0
+        self.probe = None          # outstanding `ready` ref
+        self.next_probe = 0.0      # monotonic time of the next probe
+        self.backoff = PROBE_BACKOFF_S[0]
+        self.replacements = 0
+        self.inflight: list = []   # embed refs in submission order (the first one is the running one)
+
+
 class RayRunner:
     def __init__(self, cfg: ExtractConfig):
         self.cfg = cfg
         self.actors: list = []
+        self._actor_cls = None
+        self._actor_args: tuple = ()
         self._we_started_ray = False
         self._ray = None
 
@@ -102,6 +133,7 @@ class RayRunner:
             cfg_dict["device"] = "cuda"
         Actor = ray.remote(_ModelActor).options(num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1,
                                                 max_restarts=2, max_task_retries=0)
+        self._actor_cls, self._actor_args = Actor, (cfg_dict, num_threads)
         self.actors = [Actor.remote(cfg_dict, num_threads) for _ in range(n)]
         try:
             descs = ray.get([a.describe.remote() for a in self.actors])
@@ -121,18 +153,89 @@ class RayRunner:
         paths = dict(todo)
         queue = [make_job(self.cfg, vid, path) for vid, path in todo]
         queue.reverse()
-        max_decode = max(1, self.cfg.num_decode_workers) + len(self.actors)
+        n = len(self.actors)
+        max_decode = max(1, self.cfg.num_decode_workers) + n
+        max_embed = 2 * n + 1
         decoding: dict = {}  # meta_ref -> (job, frames_ref)
-        embedding: dict = {}  # feats_ref -> (job, meta, frames_ref, attempt, actor index)
-        load = [0] * len(self.actors)
-        while (queue or decoding or embedding) and not stop.is_set():
-            while queue and len(decoding) < max_decode and len(embedding) < 2 * len(self.actors) + 1:
+        embedding: dict = {}  # feats_ref -> (job, meta, frames_ref, crashes, actor index, its epoch)
+        parked: list = []  # (job, meta, frames_ref, crashes): waiting for an actor to be up again
+        suspects: set = set()  # embed refs that were running when their actor died
+        probes: dict = {}  # ready_ref -> actor index
+        self._slots = slots = [_Slot() for _ in range(n)]
+
+        def submit(job, meta, frames_ref, crashes):
+            up = [i for i in range(n) if slots[i].up]
+            if not up:
+                parked.append((job, meta, frames_ref, crashes))
+                return
+            k = min(up, key=lambda i: len(slots[i].inflight))
+            ref = self.actors[k].embed.remote(frames_ref)
+            slots[k].inflight.append(ref)
+            embedding[ref] = (job, meta, frames_ref, crashes, k, slots[k].epoch)
+
+        def went_down(k, epoch, why):
+            sl = slots[k]
+            if not sl.up or epoch != sl.epoch:
+                return
+            sl.up = False
+            sl.epoch += 1
+            sl.since = time.monotonic()
+            sl.next_probe = sl.since
+            sl.backoff = PROBE_BACKOFF_S[0]
+            if sl.inflight:
+                suspects.add(sl.inflight[0])  # actor tasks run in order: this one was running
+            log.warning("model actor %d died or is restarting (%s); its videos wait for it and are resubmitted",
+                        k, why)
+
+        while (queue or decoding or embedding or parked) and not stop.is_set():
+            while queue and len(decoding) < max_decode and len(embedding) + len(parked) < max_embed:
                 job = queue.pop()
                 meta_ref, frames_ref = decode.remote(job, self.cfg.decode_timeout_s)
                 decoding[meta_ref] = (job, frames_ref)
-            ready, _ = ray.wait(list(decoding) + list(embedding), num_returns=1, timeout=1.0)
+            now = time.monotonic()
+            for k, sl in enumerate(slots):
+                if sl.up:
+                    continue
+                if now - sl.since > ACTOR_READY_TIMEOUT_S:
+                    if sl.probe is not None:
+                        probes.pop(sl.probe, None)
+                        sl.probe = None
+                    self._replace(k, f"not ready {ACTOR_READY_TIMEOUT_S:.0f} s after it died")
+                    sl.since = sl.next_probe = now
+                if sl.probe is None and now >= sl.next_probe:
+                    sl.probe = self.actors[k].ready.remote()
+                    probes[sl.probe] = k
+            refs = list(decoding) + list(embedding) + list(probes)
+            if not refs:  # everything waits for an actor whose next probe is due later
+                due = min((sl.next_probe for sl in slots if not sl.up), default=now + 0.1)
+                time.sleep(min(1.0, max(0.01, due - now)))
+                continue
+            ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
             for ref in ready:
-                if ref in decoding:
+                if ref in probes:
+                    k = probes.pop(ref)
+                    sl = slots[k]
+                    sl.probe = None
+                    try:
+                        ray.get(ref)
+                    except Exception as e:
+                        cause = _unwrap(e)
+                        if type(e).__name__ == "ActorDiedError" or not _is_actor_error(ray, e):
+                            # dead for good (restarts used up) or cannot start: a fresh actor
+                            self._replace(k, f"{type(cause).__name__}: {str(cause).splitlines()[0][:200]}"
+                                             if str(cause) else type(cause).__name__)
+                            sl.next_probe = time.monotonic()
+                        else:  # still restarting / unreachable: probe again later
+                            sl.next_probe = time.monotonic() + sl.backoff
+                            sl.backoff = min(PROBE_BACKOFF_S[1], sl.backoff * 2)
+                        continue
+                    sl.up = True
+                    log.info("model actor %d is ready again after %.1f s; resubmitting %d video(s)", k,
+                             time.monotonic() - sl.since, len(parked))
+                    waiting, parked[:] = list(parked), []
+                    for item in waiting:
+                        submit(*item)
+                elif ref in decoding:
                     job, frames_ref = decoding.pop(ref)
                     try:
                         meta = ray.get(ref)
@@ -144,31 +247,49 @@ class RayRunner:
                         sink.fail(job.video_id, meta["error"], {"notes": meta.get("notes", []),
                                                                 "path": paths.get(job.video_id)})
                         continue
-                    self._submit_embed(embedding, load, job, meta, frames_ref, 1)
+                    submit(job, meta, frames_ref, 0)
                 else:
-                    job, meta, frames_ref, attempt, k = embedding.pop(ref)
-                    load[k] -= 1
+                    job, meta, frames_ref, crashes, k, epoch = embedding.pop(ref)
+                    if ref in slots[k].inflight:
+                        slots[k].inflight.remove(ref)
                     try:
                         feats = ray.get(ref)
                     except Exception as e:
                         cause = _unwrap(e)
-                        actor_died = isinstance(e, (ray.exceptions.RayActorError,)) or \
-                            type(e).__name__ in ("ActorDiedError", "ActorUnavailableError")
-                        if actor_died and attempt < MAX_MODEL_ATTEMPTS:
-                            log.warning("model actor %d died on %s; retrying on another actor", k, job.video_id)
-                            self._submit_embed(embedding, load, job, meta, frames_ref, attempt + 1, avoid=k)
+                        if _is_actor_error(ray, e):
+                            went_down(k, epoch, f"{type(e).__name__} on {job.video_id}")
+                            if ref in suspects:
+                                suspects.discard(ref)
+                                crashes += 1
+                            if crashes < MAX_MODEL_ATTEMPTS:
+                                submit(job, meta, frames_ref, crashes)
+                                continue
+                            sink.fail(job.video_id, f"feature computation failed: the model actor crashed "
+                                      f"{crashes} times while embedding this video (last: {type(e).__name__})",
+                                      {"path": paths.get(job.video_id)})
                             continue
                         sink.fail(job.video_id, f"feature computation failed: {type(cause).__name__}: {cause}",
                                   {"path": paths.get(job.video_id)})
                         continue
+                    suspects.discard(ref)
                     sink.ok(job.video_id, feats, video_meta(meta, [], paths.get(job.video_id)))
 
-    def _submit_embed(self, embedding, load, job, meta, frames_ref, attempt, avoid: Optional[int] = None):
-        order = sorted(range(len(self.actors)), key=lambda i: (i == avoid, load[i]))
-        k = order[0]
-        ref = self.actors[k].embed.remote(frames_ref)
-        load[k] += 1
-        embedding[ref] = (job, meta, frames_ref, attempt, k)
+    def _replace(self, k: int, why: str) -> None:
+        """Start a fresh actor in slot k (the old one is dead for good, or did not come back in time)."""
+        ray = self._ray
+        sl = self._slots[k]
+        sl.replacements += 1
+        if sl.replacements > MAX_ACTOR_REPLACEMENTS:
+            raise UserError(f"extract: Ray model actor {k} keeps dying ({why}); it was replaced "
+                             f"{MAX_ACTOR_REPLACEMENTS} times. Finished videos are kept: check the Ray cluster "
+                             "(memory, GPUs, logs) and re-run the same command to resume")
+        log.warning("model actor %d cannot come back (%s); starting a fresh one", k, why)
+        try:
+            ray.kill(self.actors[k], no_restart=True)
+        except Exception:
+            pass
+        self.actors[k] = self._actor_cls.remote(*self._actor_args)
+        sl.backoff = PROBE_BACKOFF_S[0]
 
     def shutdown(self) -> None:
         ray = self._ray

@@ -23,18 +23,20 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 
 from manifests.errors import StageFailed, UserError
+from manifests.files import atomic_path
 
 from .config import ExtractConfig
-from .store import (CorruptShardError, FeatureStore, ShardWriter, list_shards, remove_partials, SHARD_RE,
-                    read_shard_index)
+from .store import (CorruptShardError, FeatureStore, ShardWriter, list_shards, remove_partials, SHARD_RE)
 
-log = logging.getLogger("extract")
+# A child of the CLI's "pipeline" logger: `-q` (pipeline/root at WARNING) keeps its INFO lines off the console.
+log = logging.getLogger("pipeline.extract")
+_FILE_ONLY = {"file_only": True}  # extra= of a record meant for extract.log only (already printed otherwise)
 MAX_FAILURES_IN_SUMMARY = 50
 MAX_FRAMES_PER_SHARD = 1 << 18  # also rotate shards by size (fps sampling of long videos)
 
@@ -145,9 +147,14 @@ def _load_failures(path: Path) -> dict[str, dict]:
 
 
 def _write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # an OSError (disk full, ...) becomes a UserError naming `path`
+        df.to_parquet(tmp, index=False)
+
+
+def write_error(path: Path, exc: OSError) -> UserError:
+    """The one-line error for a file of the stage that cannot be written (disk full, quota, permissions)."""
+    why = exc.strerror or str(exc) or type(exc).__name__
+    return UserError(f"cannot write {path}: {why}; free space or point work_dir elsewhere, then re-run")
 
 
 # --------------------------------------------------------------------------- result sink
@@ -173,15 +180,22 @@ class ResultSink:
         self.shards_written: list[str] = []
 
     def ok(self, video_id: str, feats: np.ndarray, meta: dict) -> None:
+        """Store one video. A refused array (ValueError) is that video's failure; an OSError of the shard
+        files (disk full, ...) is fatal: the shard in flight is dropped and a UserError names its path."""
         if self.writer is None:
-            self.writer = ShardWriter(self.dir, f"shard-{self.next_shard:05d}.h5", self.feature_dim,
-                                      self.cfg.dtype, self.attrs)
+            name = f"shard-{self.next_shard:05d}.h5"
+            try:
+                self.writer = ShardWriter(self.dir, name, self.feature_dim, self.cfg.dtype, self.attrs)
+            except OSError as e:
+                raise write_error(self.dir / name, e) from None
             self.next_shard += 1
         try:
             self.writer.add(video_id, feats, meta)
         except ValueError as e:
             self.fail(video_id, str(e), meta)
             return
+        except OSError as e:
+            raise self._writer_failed(e) from None
         self.ok_now.add(video_id)
         self.failed_now.pop(video_id, None)
         self.frames += int(len(feats))
@@ -197,9 +211,13 @@ class ResultSink:
             rec["notes"] = meta.get("notes", [])
             if meta.get("path"):
                 rec["path"] = meta["path"]
-        with open(self.failures_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
+        try:
+            with open(self.failures_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+        except OSError as e:
+            self.abort()
+            raise write_error(self.failures_path, e) from None
         self.failed_now[video_id] = reason
         log.warning("video %s failed: %s", video_id, reason)
         self._tick()
@@ -213,17 +231,28 @@ class ResultSink:
     def flush(self) -> None:
         if self.writer is not None:
             if len(self.writer):
-                p = self.writer.close()
+                try:
+                    p = self.writer.close()
+                except OSError as e:
+                    raise self._writer_failed(e) from None
                 self.shards_written.append(p.name)
                 log.info("wrote %s (%d videos)", p.name, len(self.writer))
             else:
                 self.writer.abort()
             self.writer = None
 
+    def _writer_failed(self, exc: OSError) -> UserError:
+        """Drop the shard in flight (its partial files) and say which file could not be written."""
+        path = self.writer.final
+        self.abort()
+        return write_error(path, exc)
+
     def abort(self) -> None:
         if self.writer is not None:
-            self.writer.abort()
-            self.writer = None
+            try:
+                self.writer.abort()
+            finally:
+                self.writer = None
 
 
 # --------------------------------------------------------------------------- Ctrl-C
@@ -277,13 +306,57 @@ def _open_existing(stage_dir: Path, repair: bool) -> FeatureStore:
     return store
 
 
-def _setup_logging(stage_dir: Path) -> logging.Handler:
-    h = logging.FileHandler(stage_dir / "extract.log", encoding="utf-8")
+class _LogFile(logging.FileHandler):
+    """extract.log; a log line that cannot be written (disk full) is dropped without a traceback: the
+    write that matters (a shard, a table) reports the error itself."""
+
+    def handleError(self, record) -> None:
+        pass
+
+
+class _Propagate(logging.Handler):
+    """Hands records on to the handlers of the parent loggers, as propagation does, but only when the
+    parent's level lets them through: the logger itself is at INFO while a run writes extract.log, and
+    plain propagation would ignore `-q` (the "pipeline"/root level) and print every INFO line."""
+
+    def emit(self, record) -> None:
+        if getattr(record, "file_only", False):
+            return
+        parent = log.parent
+        if parent is None or record.levelno < parent.getEffectiveLevel():
+            return
+        c = parent
+        while c is not None:
+            for h in c.handlers:
+                if record.levelno >= h.level:
+                    h.handle(record)
+            if not c.propagate:
+                break
+            c = c.parent
+
+
+def _setup_logging(stage_dir: Path):
+    """Log every INFO+ line of this run to extract.log; the console sees what the caller's levels allow.
+    Returns what `_teardown_logging` needs to restore the logger."""
+    h = _LogFile(stage_dir / "extract.log", encoding="utf-8")
     h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    fwd = _Propagate()
+    saved = (log.level, log.propagate)
     log.addHandler(h)
+    log.addHandler(fwd)
+    log.propagate = False
     if log.level == logging.NOTSET or log.level > logging.INFO:
         log.setLevel(logging.INFO)
-    return h
+    return h, fwd, saved
+
+
+def _teardown_logging(state) -> None:
+    h, fwd, (level, propagate) = state
+    log.removeHandler(h)
+    log.removeHandler(fwd)
+    log.setLevel(level)
+    log.propagate = propagate
+    h.close()
 
 
 def run_extract(cfg: ExtractConfig, videos: pd.DataFrame, stage_dir: Path, *, retry_failed: bool = False,
@@ -293,12 +366,11 @@ def run_extract(cfg: ExtractConfig, videos: pd.DataFrame, stage_dir: Path, *, re
     stage_dir = Path(stage_dir)
     inputs = _input_table(videos)
     _mkdir(stage_dir)
-    handler = _setup_logging(stage_dir)
+    logging_state = _setup_logging(stage_dir)
     try:
         return _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start)
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        _teardown_logging(logging_state)
 
 
 def _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start) -> dict:
@@ -337,7 +409,6 @@ def _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start) -> dic
     first_shard = 0
     for p in list_shards(stage_dir):
         first_shard = max(first_shard, int(SHARD_RE.match(p.name).group(1)) + 1)
-    corrupt_dir = stage_dir / "corrupt"
 
     attrs = {"config": cfg.fingerprint_fields(), "fingerprint": fp, "weights_identity": wid,
              "transform": transform_attrs(cfg), "sampling": sampling_attrs(cfg), "versions": package_versions(),
@@ -404,7 +475,7 @@ def _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start) -> dic
     if interrupted:
         msg = (f"extract interrupted: complete shards are kept in {stage_dir}; re-run the same command to resume "
                "(finished videos are skipped)")
-        log.warning(msg)
+        log.warning(msg, extra=_FILE_ONLY)  # to extract.log; the console gets it once, here
         print(msg, file=sys.stderr, flush=True)
         raise KeyboardInterrupt(msg)
 
@@ -512,6 +583,7 @@ def run_inprocess(cfg: ExtractConfig, encoder, todo: list, sink: ResultSink, sto
                 continue
             st = state.setdefault(vid, new_state())
             kind = ev[0]
+            result = None  # what to hand to the sink, outside the per-video error handling below
             try:
                 if kind == "frames":
                     st["buf"].append(ev[1])
@@ -529,15 +601,21 @@ def run_inprocess(cfg: ExtractConfig, encoder, todo: list, sink: ResultSink, sto
                         drain(st, True)
                         feats = np.concatenate(st["feats"])
                     del state[vid]
-                    sink.ok(vid, feats, video_meta(ev[1], st["notes"], paths.get(vid)))
+                    result = ("ok", feats, video_meta(ev[1], st["notes"], paths.get(vid)))
                 elif kind == "error":
                     del state[vid]
-                    sink.fail(vid, ev[1], {"notes": st["notes"], "path": paths.get(vid)})
+                    result = ("fail", ev[1], {"notes": st["notes"], "path": paths.get(vid)})
             except (KeyboardInterrupt, MemoryError):
                 raise
             except Exception as e:  # model-side failure of one video
                 state.pop(vid, None)
                 dead.add(vid)
-                sink.fail(vid, f"feature computation failed: {type(e).__name__}: {e}", {"path": paths.get(vid)})
+                result = ("fail", f"feature computation failed: {type(e).__name__}: {e}", {"path": paths.get(vid)})
+            # storing is not the video's fault: an OSError of the shard files is fatal (UserError from the sink)
+            if result is not None:
+                if result[0] == "ok":
+                    sink.ok(vid, result[1], result[2])
+                else:
+                    sink.fail(vid, result[1], result[2])
     finally:
         pool.close()

@@ -20,6 +20,7 @@ to `<shard>.h5` only when complete; readers ignore everything but `shard-*.h5`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import mmap
@@ -28,7 +29,7 @@ import re
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import h5py
 import numpy as np
@@ -90,8 +91,9 @@ class ShardWriter:
         self.feature_dim = int(feature_dim)
         self.dtype = np.dtype(dtype)
         self.attrs = dict(attrs or {})
-        self._bin = open(self.tmp_bin, "wb")
+        self._bin = open(self.tmp_bin, "wb", buffering=0)  # unbuffered: a failed write is undone exactly
         self._sha = hashlib.sha256()
+        self._broken: Optional[BaseException] = None  # a write that failed and could not be undone
         self.ids: list[str] = []
         self.lengths: list[int] = []
         self.frame_indices: list[np.ndarray] = []
@@ -113,9 +115,17 @@ class ShardWriter:
             raise ValueError(f"{video_id}: features contain NaN/Inf")
         if self.dtype == np.float16 and feats.dtype != np.float16 and np.abs(feats).max() > 65504:
             raise ValueError(f"{video_id}: features overflow float16 (|x| > 65504); use extract.dtype=float32")
+        if self._broken is not None:
+            raise OSError(f"{self.tmp_bin}: an earlier write failed ({self._broken}); this shard cannot be "
+                          "completed") from self._broken
         data = np.ascontiguousarray(feats.astype(self.dtype, copy=False))
         b = data.tobytes()
-        self._bin.write(b)
+        start = self._bin.tell()
+        try:
+            self._write_all(b)
+        except BaseException as e:
+            self._undo_write(start, e)
+            raise
         self._sha.update(b)
         t = data.shape[0]
         self.ids.append(video_id)
@@ -135,15 +145,80 @@ class ShardWriter:
             v = meta.get(k)
             self.per_video[k].append(int(v) if v is not None else -1)
 
+    def _write_all(self, b: bytes) -> None:
+        view = memoryview(b)
+        while len(view):
+            n = self._bin.write(view)
+            if not n:
+                raise OSError(errno.EIO, f"short write to {self.tmp_bin}")
+            view = view[n:]
+
+    def _undo_write(self, start: int, exc: BaseException) -> None:
+        """Cut the .bin back to `start` after a failed (possibly partial) write of one video, so that
+        the next video lands at the right offset; if that is impossible the writer refuses to close."""
+        try:
+            self._bin.truncate(start)
+            self._bin.seek(start)
+            if self._bin.tell() != start:
+                raise OSError("could not rewind the shard file")
+        except BaseException:
+            self._broken = exc
+
+    def _size_bound(self) -> int:
+        """An upper bound of the .h5 file's size (features, index arrays, strings, attributes, metadata)."""
+        total, n = self.num_frames, len(self.ids)
+        size = total * self.feature_dim * self.dtype.itemsize + total * 16 + (n + 1) * 8
+        size += n * 8 * (len(_PER_VIDEO_F8) + len(_PER_VIDEO_I8))
+        for strings in [self.ids] + [self.per_video[k] for k in _PER_VIDEO_STR]:
+            size += sum(len(x.encode("utf-8", "surrogatepass")) + 64 for x in strings)
+        for k, v in self.attrs.items():
+            size += len(k) + len(v if isinstance(v, str) else json.dumps(v, default=str)) + 512
+        return size + (1 << 20)
+
+    def _create_reserved(self) -> None:
+        """Start the .h5.partial as an empty HDF5 file with its full size reserved on disk, so that a full
+        disk (or a file size limit, or a quota) is a plain OSError here, before HDF5 writes anything: the
+        HDF5 library does not recover from a failed write (errors at every later call, crash at exit)."""
+        with open(self.tmp_h5, "wb") as fh:
+            fh.write(_empty_h5_image())
+            fh.flush()
+            if hasattr(os, "posix_fallocate"):
+                try:
+                    os.posix_fallocate(fh.fileno(), 0, self._size_bound())
+                except OSError as e:
+                    if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                        raise
+
     def close(self) -> Path:
+        """Write the shard (`<name>.partial`, fsync, rename). Any failure to write (full disk, ...) is an
+        OSError; the partial files are then left for `abort()` (or the next run) to remove."""
+        if self._broken is not None:
+            raise OSError(f"{self.tmp_bin}: an earlier write failed ({self._broken}); the shard is not "
+                          "complete") from self._broken
         self._bin.flush()
         os.fsync(self._bin.fileno())
         self._bin.close()
+        self._create_reserved()
+        failed = None
+        try:
+            self._write_h5()
+        except (OSError, RuntimeError) as e:  # h5py reports a failed write as either
+            failed = _as_os_error(e)
+        if failed is not None:
+            raise failed  # raised outside the handler: no reference to HDF5 objects is kept
+        with open(self.tmp_h5, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp_h5, self.final)
+        _fsync_dir(self.dir)
+        self.tmp_bin.unlink(missing_ok=True)
+        return self.final
+
+    def _write_h5(self) -> None:
         total = self.num_frames
         d = self.feature_dim
         raw = np.memmap(self.tmp_bin, dtype=self.dtype, mode="r", shape=(total, d)) if total else None
         str_dt = h5py.string_dtype("utf-8")
-        with h5py.File(self.tmp_h5, "w") as f:
+        with h5py.File(self.tmp_h5, "r+") as f:
             ds = f.create_dataset("features", shape=(total, d), dtype=self.dtype)  # contiguous
             step = max(1, (64 << 20) // max(1, d * self.dtype.itemsize))
             for s in range(0, total, step):
@@ -170,12 +245,6 @@ class ShardWriter:
             f.attrs["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             f.attrs["complete"] = 1
         del raw
-        with open(self.tmp_h5, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp_h5, self.final)
-        _fsync_dir(self.dir)
-        self.tmp_bin.unlink(missing_ok=True)
-        return self.final
 
     def abort(self) -> None:
         try:
@@ -184,6 +253,29 @@ class ShardWriter:
             pass
         self.tmp_bin.unlink(missing_ok=True)
         self.tmp_h5.unlink(missing_ok=True)
+
+
+_EMPTY_H5: Optional[bytes] = None
+
+
+def _empty_h5_image() -> bytes:
+    """The bytes of an empty HDF5 file (made in memory once per process)."""
+    global _EMPTY_H5
+    if _EMPTY_H5 is None:
+        with h5py.File(f"empty-{os.getpid()}.h5", "w", driver="core", backing_store=False) as f:
+            f.flush()
+            _EMPTY_H5 = bytes(f.id.get_file_image())
+    return _EMPTY_H5
+
+
+def _as_os_error(e: BaseException) -> OSError:
+    """An h5py write error as a short OSError: HDF5's messages carry the OS errno in the text."""
+    text = str(e)
+    m = re.search(r"errno = (\d+)", text)
+    code = int(m.group(1)) if m else (e.errno if isinstance(e, OSError) and e.errno else None)
+    if code:
+        return OSError(code, os.strerror(code))
+    return OSError(errno.EIO, f"HDF5 write failed ({type(e).__name__}: {text.splitlines()[0][:200] if text else ''})")
 
 
 def remove_partials(directory: Path) -> list[str]:

@@ -111,9 +111,6 @@ def test_rebuilt_split_makes_train_and_evaluate_stale_and_no_rerun_refuses(featu
     assert (work / "evaluate" / "baseline" / "manifest.json").read_bytes() == before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: manifests.manifest.freshness compares only the size of a stage's "
-                   "outputs although their sha256 is recorded: an edit that keeps the size (a relabelled "
-                   "video in ingest/videos.parquet) leaves the stage 'done' and downstream stages use it")
 def test_same_size_edit_of_an_upstream_output_is_detected(videolt_dir, tmp_path):
     work = tmp_path / "work"
     args = videolt_args(videolt_dir, work)
@@ -131,10 +128,6 @@ def test_same_size_edit_of_an_upstream_output_is_detected(videolt_dir, tmp_path)
     assert cli("run", "-q", "--stage", "split", *args, "--no-rerun").returncode == 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a train run that is stale because split/extract changed 'resumes' "
-                   "from last.pt of the old run (its identity holds config hash, method, classes and "
-                   "feature dim, not the upstream manifests), so the model trained on the old split is "
-                   "reported on the new one without any training")
 def test_train_after_the_split_changed_does_not_resume_the_old_model(feature_work_dir, tmp_path):
     work = tmp_path / "work"
     args = [*feature_work_dir(work), "--set", "train.method=baseline", "--set", "train.epochs=3",
@@ -326,9 +319,6 @@ def no_manifest_anywhere(work: Path) -> bool:
     return not list(Path(work).rglob("manifest.json")) if Path(work).exists() else True
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: pipeline/run.py _run_stage calls stage_dir.mkdir() outside any "
-                   "OSError handling: a work dir below a regular file (NotADirectoryError) ends in a traceback "
-                   "(exit 1) instead of an error naming the path")
 def test_work_dir_below_a_regular_file_is_one_error_with_the_path(videolt_dir, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -364,9 +354,6 @@ def _cannot_create(folder: Path) -> bool:
     return False
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: pipeline/run.py _run_stage: stage_dir.mkdir() (and the "
-                   "manifest unlink before a re-run) are not wrapped; a read-only work dir gives a "
-                   "PermissionError traceback (exit 1) instead of an error naming the path")
 def test_read_only_work_dir_is_one_error_with_the_path(videolt_dir, tmp_path):
     work = tmp_path / "work"
     args = videolt_args(videolt_dir, work)
@@ -417,11 +404,6 @@ def small_demo(tmp_path_factory):
     return demo_videos(tmp_path_factory.mktemp("disk-demo") / "demo")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: extract/stage.py run_inprocess catches the OSError of a full disk "
-                   "raised by ResultSink.ok/ShardWriter.add as a per-video 'feature computation failed' and "
-                   "records the videos in failures.jsonl (and when the error surfaces in ShardWriter.close via "
-                   "the final sink.flush() it is a traceback); the shard path is never named, and a re-run "
-                   "after freeing space skips the recorded videos as 'failed before' (exit 1)")
 def test_disk_full_during_extract_is_an_error_with_the_path_and_resumes(small_demo, tmp_path):
     work = tmp_path / "work"
     args = ("run", "-q", "--no-progress", "--stage", "extract", *demo_args(small_demo, work), *EXTRACT_FAST)
@@ -436,9 +418,6 @@ def test_disk_full_during_extract_is_an_error_with_the_path_and_resumes(small_de
     assert summary["failed"] == 0 and summary["ok"] == len(pd.read_csv(small_demo / "labels.csv"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: train/checkpoints.py save() lets torch.save's RuntimeError "
-                   "('enforce fail at inline_container.cc ...') through when the disk is full: a traceback "
-                   "(exit 1) instead of an error naming the checkpoint path")
 def test_disk_full_while_writing_a_checkpoint_is_one_error_with_the_path(feature_work_dir, tmp_path):
     work = tmp_path / "work"
     args = [*feature_work_dir(work), "--set", "train.method=baseline", "--set", "train.epochs=2",
@@ -450,10 +429,6 @@ def test_disk_full_while_writing_a_checkpoint_is_one_error_with_the_path(feature
     ok(cli("run", "-q", "--stage", "train", *args))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: extract/store.py ShardWriter.add keeps going after a failed write "
-                   "(e.g. ENOSPC that clears): the partial bytes stay in the .bin, later videos are stored "
-                   "shifted, the shard is marked complete and FeatureStore serves wrong features (only "
-                   "--repair's deep checksum notices)")
 def test_a_failed_shard_write_never_yields_a_complete_shard_with_wrong_features(tmp_path):
     from extract.store import FeatureStore, ShardWriter
 

@@ -129,10 +129,6 @@ def test_killed_model_actor_is_restarted_and_the_run_completes_with_identical_fe
     assert_same_store(out, inprocess_reference, ray_videos.video_id.tolist())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: extract/ray_runner.py resubmits a dead actor's videos at once to "
-                   "the same (restarting) actor and counts each ActorUnavailableError as an attempt "
-                   "(MAX_MODEL_ATTEMPTS=3, about 1 s apart): when the restart takes more than ~2 s the videos "
-                   "are recorded as failed ('The actor is restarting') and skipped by later runs")
 def test_videos_survive_an_actor_whose_restart_is_slow(ray_local, ray_videos, inprocess_reference, tmp_path):
     from faults_utils import assert_same_store
 
