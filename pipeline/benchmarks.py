@@ -45,6 +45,14 @@ def bench_demo() -> dict:
     return {"bench": "demo", "first_run_s": round(first, 1), "cached_run_s": round(second, 1), "stages_s": stages}
 
 
+def _stage_order(location: str) -> tuple:
+    """Sort key of a stage location (``split``, ``train/move``) in pipeline order."""
+    from pipeline.stages import ORDER
+
+    stage, _, run = location.partition("/")
+    return (ORDER.index(stage) if stage in ORDER else len(ORDER), run)
+
+
 def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -120,5 +128,5 @@ def render(results: dict) -> str:
         parts.append(
             "## end-to-end demo\n\n`python -m pipeline run` (the demo) from an empty work directory: "
             f"**{r['first_run_s']} s**; run again (every stage cached): **{r['cached_run_s']} s**.\n\n"
-            + _table(["stage", "seconds"], [[k, v] for k, v in r["stages_s"].items()]))
+            + _table(["stage", "seconds"], [[k, r["stages_s"][k]] for k in sorted(r["stages_s"], key=_stage_order)]))
     return "\n\n".join(parts) + "\n"
