@@ -54,6 +54,7 @@ __all__ = [
     "ldam_margins",
     "LOSSES",
     "build",
+    "count_vector",
     "MultiLabelLoss",
     "BCELoss",
     "FocalLoss",
@@ -63,15 +64,18 @@ __all__ = [
 ]
 
 
-def _counts_array(counts) -> np.ndarray:
+def count_vector(counts) -> np.ndarray:
+    """Per-class training counts (list, array or tensor) as a float64 vector, validated."""
     if isinstance(counts, torch.Tensor):
         counts = counts.detach().cpu().numpy()
     arr = np.asarray(counts, dtype=np.float64).reshape(-1)
-    if arr.size == 0:
-        raise ValueError("class_counts is empty")
-    if np.any(arr < 0) or not np.all(np.isfinite(arr)):
-        raise ValueError("class_counts must be finite and non-negative")
-    return np.maximum(arr, 1.0)
+    if arr.size == 0 or np.any(arr < 0) or not np.all(np.isfinite(arr)):
+        raise ValueError("class_counts must be a non-empty vector of finite, non-negative counts")
+    return arr
+
+
+def _counts_array(counts) -> np.ndarray:
+    return np.maximum(count_vector(counts), 1.0)
 
 
 def cb_weights(counts, beta: float = 0.9999) -> torch.Tensor:

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.config import MedcConfig, MoveConfig, TrainConfig
+from train.losses import count_vector
 from train.methods import Recipe
 
 __all__ = [
@@ -68,15 +69,6 @@ EXPERTS = ("lt", "uni", "inv")
 
 # --------------------------------------------------------------------------- class constants
 
-def _counts(class_counts) -> np.ndarray:
-    if isinstance(class_counts, torch.Tensor):
-        class_counts = class_counts.detach().cpu().numpy()
-    n = np.asarray(class_counts, dtype=np.float64).reshape(-1)
-    if n.size == 0 or np.any(n < 0) or not np.all(np.isfinite(n)):
-        raise ValueError("class_counts must be a non-empty vector of finite, non-negative counts")
-    return n
-
-
 def resort(values) -> np.ndarray:
     """The vector with its order reversed: the class of rank r (descending, ties by class index) gets
     the value of rank C-1-r. ``resort([5, 1, 3]) = [1, 5, 3]``."""
@@ -93,7 +85,7 @@ def expert_class_weights(class_counts, kind: str) -> np.ndarray:
     ``lt``: 1; ``uni``: ``w_c ∝ 1/omega_c``; ``inv``: ``w_c ∝ resort(omega)_c / omega_c``; both normalised
     to mean 1 over classes. ``omega_c = n_c / sum(n)``; a class with ``n_c = 0`` counts as 1.
     """
-    n = np.maximum(_counts(class_counts), 1.0)
+    n = np.maximum(count_vector(class_counts), 1.0)
     omega = n / n.sum()
     if kind == "lt":
         return np.ones_like(omega)
@@ -112,7 +104,7 @@ def region_targets(class_counts, kind: str, a: float = 0.1, b: float = 1.0) -> n
     ``uni``: 0.5; ``lt``: ``a + (b - a)(n_c - n_min)/(n_max - n_min)`` (head regions larger); ``inv``: the
     same mapping applied to ``resort(n)`` (tail regions larger). Equal counts give ``(a + b) / 2``.
     """
-    n = _counts(class_counts)
+    n = count_vector(class_counts)
     if kind == "uni":
         return np.full_like(n, 0.5)
     if kind not in ("lt", "inv"):
@@ -202,7 +194,9 @@ class AggregatorTrunk(nn.Module):
 
     def __init__(self, in_dim: int, move: MoveConfig):
         super().__init__()
-        from train.move import MoveModel  # the static aggregators of MOVE; its classifier is not used
+        from train.move import (
+            MoveModel,  # the static aggregators of MOVE; its classifier is not used
+        )
 
         agg = MoveModel(in_dim, 1, hidden=1, aggregators=move.aggregators, clusters=move.clusters,
                         vlad_hidden=move.vlad_hidden, n_head=move.n_head)
@@ -308,7 +302,7 @@ class Medc(Recipe):
         self.name, self.cfg, self.options = name, cfg, options or {}
         self.medc = self.section("medc", MedcConfig)
         move = self.section("move", MoveConfig)
-        counts = _counts(class_counts)
+        counts = count_vector(class_counts)
         if counts.shape != (num_classes,):
             raise ValueError(f"class_counts has shape {counts.shape}, expected ({num_classes},)")
         self.model = MedcModel(in_dim, num_classes, self.medc, move)

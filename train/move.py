@@ -47,6 +47,7 @@ from torch import nn
 
 from train import augment, losses
 from train.config import MoveConfig, TrainConfig
+from train.losses import count_vector
 from train.methods import Recipe
 from train.models import NetVLADAggregator, NonlinearClassifier, PSAAggregator
 
@@ -65,15 +66,6 @@ __all__ = [
 
 # --------------------------------------------------------------------------- DFS constants
 
-def _counts(class_counts) -> np.ndarray:
-    if isinstance(class_counts, torch.Tensor):
-        class_counts = class_counts.detach().cpu().numpy()
-    n = np.asarray(class_counts, dtype=np.float64).reshape(-1)
-    if n.size == 0 or np.any(n < 0) or not np.all(np.isfinite(n)):
-        raise ValueError("class_counts must be a non-empty vector of finite, non-negative counts")
-    return n
-
-
 def dfs_bounds(class_counts, train_frames: int = 60, sigma: float = 3.0):
     """Per-class DFS lower bound ``lb_c`` (float64) and the min-max normalised frequency ``c~_c``.
 
@@ -81,7 +73,7 @@ def dfs_bounds(class_counts, train_frames: int = 60, sigma: float = 3.0):
     sigma)`` (REFERENCE 4.4; computed in float64 through ``p`` like the reference). When every class has
     the same count ``c~ = 0`` (no class is a head class; the reference would divide by zero).
     """
-    n = _counts(class_counts)
+    n = count_vector(class_counts)
     total = n.sum()
     p = n / total if total > 0 else n
     span = p.max() - p.min()
