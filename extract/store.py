@@ -516,20 +516,13 @@ class FeatureStore:
         """Training-style read: per video `num_frames` rows drawn uniformly with replacement and
         sorted (the reference's sort(randint(n, T))) -> (B, num_frames, D), in the store dtype
         unless `dtype` is given. One vectorised gather per shard."""
-        shard, start, length = self._positions(ids)
-        b = len(ids)
-        idx = np.sort((rng.random((b, num_frames)) * length[:, None]).astype(np.int64), axis=1)
-        rows = start[:, None] + idx
-        out = np.empty((b, num_frames, self.feature_dim), dtype=dtype or self.dtype)
-        for k in np.unique(shard):
-            sel = np.nonzero(shard == k)[0]
-            features = self._features(int(k))
-            self._prefetch(int(k), start[sel], length[sel])
-            out[sel] = features[rows[sel]]
-        return out
+        _, _, length = self._positions(ids)
+        idx = np.sort((rng.random((len(ids), num_frames)) * length[:, None]).astype(np.int64), axis=1)
+        return self.rows_batch(ids, idx, dtype=dtype)
 
     def rows_batch(self, ids: Sequence[str], frames: Sequence[np.ndarray], dtype=None) -> np.ndarray:
-        """(B, T, D) from per-video row indices of equal length T (e.g. uniform eval sampling)."""
+        """(B, T, D) from per-video row indices of equal length T (e.g. uniform eval sampling).
+        One vectorised gather per shard, after asking the kernel to read the videos ahead."""
         shard, start, length = self._positions(ids)
         idx = np.asarray(frames, dtype=np.int64)
         if (idx < 0).any() or (idx >= length[:, None]).any():
