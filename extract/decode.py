@@ -500,13 +500,7 @@ class DecodePool:
         with self._lock:
             procs = list(self._procs)
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        self._procs.clear()
+            self._kill(p, None)
 
     def __enter__(self):
         return self

@@ -9,14 +9,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from recipe_testutils import C, D, T, batch, step
 
 from train import methods
 from train.checkpoints import load
 from train.config import MedcConfig, MoveConfig, TrainConfig
-from train.medc import (Medc, combine_experts, expert_class_weights, region_loss, region_targets, resort,
-                        sorting_loss)
+from train.medc import (
+    Medc,
+    combine_experts,
+    expert_class_weights,
+    region_loss,
+    region_targets,
+    resort,
+    sorting_loss,
+)
 
-D, C, T = 32, 6, 12
 COUNTS = np.array([60, 30, 12, 6, 3, 1])
 
 
@@ -25,20 +32,6 @@ def make(counts=COUNTS, move=None, **medc):
     opts = {"medc": MedcConfig(**{"trunk_dim": 24, "expert_dim": 8, **medc}),
             "move": MoveConfig(**{"clusters": 4, "vlad_hidden": 8, **(move or {})})}
     return methods.build("medc", cfg, D, len(counts), counts, opts)
-
-
-def batch(b=8, t=T, seed=0, labels=None):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, t, D, generator=g)
-    y = torch.zeros(b, C)
-    labels = labels if labels is not None else [i % C for i in range(b)]
-    y[torch.arange(b), torch.as_tensor(labels)] = 1
-    return x, y
-
-
-def step(recipe, x, y, seed=0):
-    recipe.model.train()
-    return recipe.training_loss(x, y, torch.full((len(y),), -1), torch.Generator().manual_seed(seed))
 
 
 # ----------------------------------------------------------------------------- model

@@ -7,16 +7,25 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from recipe_testutils import C, D, T, batch, step
 
 from train import methods
 from train.checkpoints import load
 from train.config import MoveConfig, TrainConfig
-from train.move import (Move, MoveModel, beta22, calibrated_targets, calibration, dfs_bounds, random_subsets,
-                        sample_counts, video_bounds)
+from train.move import (
+    Move,
+    MoveModel,
+    beta22,
+    calibrated_targets,
+    calibration,
+    dfs_bounds,
+    random_subsets,
+    sample_counts,
+    video_bounds,
+)
 
 # VideoLT classes of the REFERENCE section 9 table: river, desert, beach, 3DPrinter, funeral, jellyfish, makingDolls
 VIDEOLT_COUNTS = np.array([1912, 1268, 1228, 308, 100, 45, 44])
-D, C, T = 32, 6, 12
 COUNTS = np.array([60, 30, 12, 6, 3, 1])  # class 0: c~ = 1, so its bound L equals train_frames
 
 
@@ -28,20 +37,6 @@ def make(compat="fixed", train_frames=T, counts=COUNTS, **move):
     cfg = TrainConfig(hidden=32, train_frames=train_frames, compat=compat)
     opts = {"move": MoveConfig(**{"clusters": 4, "vlad_hidden": 8, **move})}
     return methods.build("move", cfg, D, len(counts), counts, opts)
-
-
-def batch(b=8, t=T, seed=0, labels=None):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, t, D, generator=g)
-    y = torch.zeros(b, C)
-    labels = labels if labels is not None else [i % C for i in range(b)]
-    y[torch.arange(b), torch.as_tensor(labels)] = 1
-    return x, y
-
-
-def step(recipe, x, y, seed=0):
-    recipe.model.train()
-    return recipe.training_loss(x, y, torch.full((len(y),), -1), torch.Generator().manual_seed(seed))
 
 
 # ----------------------------------------------------------------------------- DFS constants (REFERENCE 9)
