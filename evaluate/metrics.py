@@ -269,3 +269,9 @@ def compute(scores, targets, train_counts, head: int = 500, tail: int = 100) -> 
     for g in GROUPS:
         out[f"num_{g}"] = int(groups[g].size)
     return out
+
+
+def scalars(result: dict) -> dict:
+    """The scalar entries of :func:`compute`'s result, JSON-ready (NaN -> None, no per-class arrays)."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in result.items() if k != "per_class_ap"}

@@ -10,6 +10,7 @@ import pandas as pd
 from evaluate import metrics, plots, profiles, report
 from evaluate.config import EvaluateConfig
 from manifests import tables
+from manifests.datasets import multi_hot
 from manifests.errors import UserError
 from manifests.files import atomic_path, write_json_atomic, write_text_atomic
 from manifests.manifest import read_manifest
@@ -61,16 +62,7 @@ def align(scores: np.ndarray, ids: np.ndarray, videos: pd.DataFrame, num_classes
         missing = videos.video_id[rows.isna()]
         raise UserError(f"{source}: no prediction for {len(missing)} of {len(videos)} videos "
                         f"(e.g. {missing.head(3).tolist()}); predict every video of the split")
-    targets = np.zeros((len(videos), num_classes), dtype=np.uint8)
-    for i, labels in enumerate(videos.labels):
-        targets[i, labels] = 1
-    return scores[rows.to_numpy(dtype=np.int64)], targets
-
-
-def headline(result: dict) -> dict:
-    """The scalar metrics of :func:`evaluate.metrics.compute` (no per-class arrays)."""
-    return {k: (None if isinstance(v, float) and np.isnan(v) else v)
-            for k, v in result.items() if k != "per_class_ap"}
+    return scores[rows.to_numpy(dtype=np.int64)], multi_hot(videos.labels, num_classes)
 
 
 def run_evaluate(cfg: EvaluateConfig, split_dir: Path, predictions: Path, stage_dir: Path,
@@ -96,7 +88,7 @@ def run_evaluate(cfg: EvaluateConfig, split_dir: Path, predictions: Path, stage_
     for name in cfg.test_profiles:
         rows = profiles.resample(targets, name, counts, cfg.profile_seed)
         result = main if name == "as_is" else metrics.compute(scores[rows], targets[rows], counts, head, tail)
-        by_profile[name] = {**headline(result), "labels": profiles.label_distribution(targets[rows])}
+        by_profile[name] = {**metrics.scalars(result), "labels": profiles.label_distribution(targets[rows])}
     stage_dir.mkdir(parents=True, exist_ok=True)
     per_class = pd.DataFrame({"class_index": classes.class_index, "name": classes.name,
                               "train_count": counts, "group": classes.group, "ap": main["per_class_ap"],
@@ -104,7 +96,7 @@ def run_evaluate(cfg: EvaluateConfig, split_dir: Path, predictions: Path, stage_
     with atomic_path(stage_dir / PER_CLASS_CSV) as tmp:
         per_class.to_csv(tmp, index=False, float_format="%.6f")
     document = {"split": cfg.split, "videos": len(videos), "thresholds": thresholds, "run": run,
-                "metrics": headline(main), "profiles": by_profile, "profile_seed": cfg.profile_seed}
+                "metrics": metrics.scalars(main), "profiles": by_profile, "profile_seed": cfg.profile_seed}
     write_json_atomic(stage_dir / METRICS_JSON, document)
     label = report.run_label(run)
     write_text_atomic(stage_dir / RESULTS_MD, report.run_markdown(label, document))

@@ -289,3 +289,11 @@ def label_counts(labels, num_classes: int) -> np.ndarray:
     """Per-class label-instance counts (a multi-label video counts once for each of its labels)."""
     flat = [label for row in labels for label in row]
     return np.bincount(np.asarray(flat, dtype=np.int64), minlength=num_classes)
+
+
+def multi_hot(labels, num_classes: int) -> np.ndarray:
+    """(N, C) uint8 0/1 targets from lists of class indices, one list per video."""
+    targets = np.zeros((len(labels), num_classes), dtype=np.uint8)
+    for i, row in enumerate(labels):
+        targets[i, list(row)] = 1
+    return targets

@@ -13,6 +13,7 @@ import psutil
 import torch
 
 from extract.store import FeatureStore
+from manifests.datasets import multi_hot
 from manifests.errors import UserError
 from manifests.frames import random_indices, uniform_indices
 
@@ -76,14 +77,6 @@ def eval_frames(lengths, num_frames: int) -> list:
     return [uniform_indices(int(n), num_frames) for n in lengths]
 
 
-def multi_hot(labels, num_classes: int) -> torch.Tensor:
-    """(B, C) float32 0/1 targets from lists of class indices."""
-    y = torch.zeros(len(labels), num_classes)
-    for i, row in enumerate(labels):
-        y[i, list(row)] = 1.0
-    return y
-
-
 class EpochBatches(torch.utils.data.Dataset):
     """Batch ``i`` of one training epoch: (features, targets, chosen classes or -1, video positions).
 
@@ -108,7 +101,7 @@ class EpochBatches(torch.utils.data.Dataset):
         mine = slice(self.rank, None, self.world)
         positions, frames = positions[mine], frames[mine]
         x = self.bank.clips(positions, frames)
-        y = multi_hot([self.labels[p] for p in positions], self.num_classes)
+        y = torch.from_numpy(multi_hot([self.labels[p] for p in positions], self.num_classes)).float()
         chosen = (torch.as_tensor(self.chosen[i][mine]) if self.chosen is not None
                   else torch.full((len(positions),), -1))
         return x, y, chosen, torch.as_tensor(positions)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from evaluate.metrics import compute
+from evaluate.metrics import compute, scalars
+from manifests.datasets import multi_hot
 from manifests.errors import StageFailed
 from manifests.files import write_text_atomic
 from train import checkpoints, distributed
@@ -85,13 +85,6 @@ def predict(model, bank: FeatureBank, data: SplitData, cfg: TrainConfig, device)
 def scores_for_metrics(logits: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     """The reference ranks post-sigmoid float32 scores (saturation ties); the default ranks logits."""
     return 1.0 / (1.0 + np.exp(-logits.astype(np.float32))) if cfg.compat == "reference" else logits
-
-
-def targets_of(labels: list, num_classes: int) -> np.ndarray:
-    targets = np.zeros((len(labels), num_classes), dtype=np.uint8)
-    for i, row in enumerate(labels):
-        targets[i, row] = 1
-    return targets
 
 
 class Trainer:
@@ -196,10 +189,8 @@ class Trainer:
     def evaluate(self, split: str) -> dict:
         data = self.splits[split]
         logits = predict(self.model, self.bank, data, self.cfg, self.device)
-        result = compute(scores_for_metrics(logits, self.cfg), targets_of(data.labels, self.num_classes),
-                         self.class_counts, head=self.head, tail=self.tail)
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                for k, v in result.items() if k in ("mAP", "head", "medium", "tail", "acc1", "acc5")}
+        return scalars(compute(scores_for_metrics(logits, self.cfg), multi_hot(data.labels, self.num_classes),
+                               self.class_counts, head=self.head, tail=self.tail))
 
     def fit(self) -> dict:
         """Train to ``cfg.epochs``, keeping the best checkpoint on ``cfg.select_on``."""
