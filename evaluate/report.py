@@ -111,3 +111,15 @@ def report_markdown(table: pd.DataFrame) -> str:
               *(dict(zip(COLUMNS, HEADERS)).get(c, c) for c in values)]
     return ("Mean ± sample std over seeds where a configuration has several runs. 'Selected on' is the "
             "split the checkpoint was chosen on (test = the papers' protocol).\n\n" + markdown_table(header, rows))
+
+
+def write_report(run_dirs, out_dir: Path) -> str:
+    """Collect, aggregate and write ``report.md`` and ``report.csv`` to ``out_dir``; returns the markdown."""
+    from manifests.files import atomic_path, write_text_atomic
+
+    table = aggregate(collect(run_dirs))
+    text = report_markdown(table)
+    write_text_atomic(Path(out_dir) / "report.md", text)
+    with atomic_path(Path(out_dir) / "report.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    return text

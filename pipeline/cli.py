@@ -135,18 +135,12 @@ def cmd_run(args) -> int:
 
 def _print_comparison(cfg) -> None:
     """The methods just evaluated side by side, also written to <work_dir>/report.{md,csv}."""
-    from evaluate.report import aggregate, collect, report_markdown
-    from manifests.files import atomic_path, write_text_atomic
+    from evaluate.report import write_report
     from pipeline.config import single_runs
 
     work_dir = Path(cfg.work_dir)
     files = [work_dir / "evaluate" / c.train.run_name() / "metrics.json" for c in single_runs(cfg)]
-    table = aggregate(collect([f for f in files if f.exists()]))
-    text = report_markdown(table)
-    write_text_atomic(work_dir / "report.md", text)
-    with atomic_path(work_dir / "report.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    print(text, end="")
+    print(write_report([f for f in files if f.exists()], work_dir), end="")
     log.info("comparison table: %s; per-run metrics, per-class CSVs and plots: %s",
              work_dir / "report.md", work_dir / "evaluate")
 
@@ -182,17 +176,10 @@ def cmd_demo_data(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from evaluate.report import aggregate, collect, report_markdown
-    from manifests.files import atomic_path, write_text_atomic
+    from evaluate.report import write_report
 
-    table = aggregate(collect(args.run_dirs))
-    text = report_markdown(table)
-    out = Path(args.out)
-    write_text_atomic(out / "report.md", text)
-    with atomic_path(out / "report.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    print(text, end="")
-    log.info("report written to %s (report.md, report.csv)", out)
+    print(write_report(args.run_dirs, Path(args.out)), end="")
+    log.info("report written to %s (report.md, report.csv)", args.out)
     return 0
 
 
