@@ -37,7 +37,7 @@ def read_ingest_videos(stage_dir: Path) -> pd.DataFrame:
     videos = read_table(stage_dir / VIDEOS)
     videos["path"] = pd.Series([None if pd.isna(p) else str(resolve_portable(p, stage_dir)) for p in videos.path],
                                index=videos.index, dtype=object)
-    videos["labels"] = [list(map(int, labels)) for labels in videos.labels]
+    videos["labels"] = _label_lists(videos.labels)
     return videos
 
 
@@ -49,5 +49,10 @@ def read_classes(stage_dir: Path) -> pd.DataFrame:
 def read_split_videos(stage_dir: Path) -> pd.DataFrame:
     """The split membership table (video_id, labels as lists of int, split)."""
     videos = read_table(Path(stage_dir) / VIDEOS)
-    videos["labels"] = [list(map(int, labels)) for labels in videos.labels]
+    videos["labels"] = _label_lists(videos.labels)
     return videos
+
+
+def _label_lists(column) -> list:
+    """Parquet list columns come back as arrays: plain lists of int, as the readers produce."""
+    return [list(map(int, labels)) for labels in column]

@@ -17,6 +17,7 @@ from manifests.datasets import multi_hot
 from manifests.errors import UserError
 from manifests.frames import random_indices, uniform_indices
 
+CHECK_ROWS = 1 << 16  # rows per finiteness check of the packed features (bounds the temporary mask)
 RAM_FRACTION = 0.5  # cache=auto packs features in RAM when they take at most this share of free memory
 
 
@@ -39,27 +40,40 @@ class FeatureBank:
         if cache in ("ram", "gpu"):
             packed, self.offsets = self.store.load_packed(self.video_ids)
             self.packed = torch.from_numpy(packed)
+            for start in range(0, len(self.packed), CHECK_ROWS):  # once here; disk reads are checked per batch
+                bad = (~torch.isfinite(self.packed[start:start + CHECK_ROWS]).all(dim=1)).nonzero()
+                if len(bad):
+                    self._refuse(int(np.searchsorted(self.offsets, start + int(bad[0]), side="right")) - 1)
             if cache == "gpu":
                 self.packed = self.packed.to(device)
 
-    def clips(self, positions, frames) -> torch.Tensor:
+    def clips(self, positions, frames, check: bool = True) -> torch.Tensor:
         """(B, T, D) float32 features of the videos at ``positions``, frame rows ``frames[i]``.
 
-        Non-finite values (a shard damaged on disk) are refused, naming the video and its shard.
+        Non-finite values (a shard damaged on disk) are refused, naming the video and its shard;
+        ``check=False`` leaves that to the caller (loader processes, whose errors arrive wrapped).
         """
         if self.packed is not None:
             rows = np.concatenate([self.offsets[p] + f for p, f in zip(positions, frames)])
             index = torch.from_numpy(rows).to(self.packed.device)
-            x = self.packed[index].view(len(positions), -1, self.dim).float()
-        else:
-            rows = self.store.rows_batch([self.video_ids[p] for p in positions], frames)  # one gather per shard
-            x = torch.from_numpy(rows).float()  # float16 -> float32 in torch (numpy's is slow)
-        finite = torch.isfinite(x).flatten(1).all(dim=1)
-        if not bool(finite.all()):
-            video = self.video_ids[positions[int((~finite).nonzero()[0])]]
-            raise UserError(f"features of video {video!r} in {self.store.path / self.store.shard_of(video)} "
-                            "contain NaN or Inf; re-run the extract stage with --repair")
+            return self.packed[index].view(len(positions), -1, self.dim).float()
+        rows = self.store.rows_batch([self.video_ids[p] for p in positions], frames)  # one gather per shard
+        x = torch.from_numpy(rows).float()  # float16 -> float32 in torch (numpy's is slow)
+        if check:
+            self.check_finite(x, positions)
         return x
+
+    def check_finite(self, x: torch.Tensor, positions) -> None:
+        """Refuse clips read from disk that hold NaN/Inf (packed features were checked when loaded)."""
+        if self.packed is None:
+            bad = (~torch.isfinite(x).flatten(1).all(dim=1)).nonzero()
+            if len(bad):
+                self._refuse(int(positions[int(bad[0])]))
+
+    def _refuse(self, position: int) -> None:
+        video = self.video_ids[position]
+        raise UserError(f"features of video {video!r} in {self.store.path / self.store.shard_of(video)} "
+                        "contain NaN or Inf; re-run the extract stage with --repair")
 
 
 def batch_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
@@ -100,7 +114,7 @@ class EpochBatches(torch.utils.data.Dataset):
         frames = train_frames(self.bank.lengths[positions], self.num_frames, rng)  # the whole global batch
         mine = slice(self.rank, None, self.world)
         positions, frames = positions[mine], frames[mine]
-        x = self.bank.clips(positions, frames)
+        x = self.bank.clips(positions, frames, check=False)  # checked by the trainer, in the main process
         y = torch.from_numpy(multi_hot([self.labels[p] for p in positions], self.num_classes)).float()
         chosen = (torch.as_tensor(self.chosen[i][mine]) if self.chosen is not None
                   else torch.full((len(positions),), -1))

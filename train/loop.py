@@ -102,6 +102,8 @@ class Trainer:
         self.model = recipe.model.to(self.device)
         self.optimizer = torch.optim.Adam(recipe.parameters(), lr=cfg.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.amp == "fp16")
+        train = splits["train"]
+        self.train_labels = {int(p): labels for p, labels in zip(train.positions, train.labels)}  # by bank position
         self.epoch = 0
         self.best = None
         self.history = []
@@ -146,8 +148,7 @@ class Trainer:
         ends = cuts[1:] + [len(order)]
         batches = [train.positions[order[a:b]] for a, b in zip(cuts, ends)]
         chosen = None if picked is None else [picked[a:b] for a, b in zip(cuts, ends)]
-        labels = {int(p): l for p, l in zip(train.positions, train.labels)}
-        return EpochBatches(self.bank, labels, self.num_classes, batches, chosen, self.cfg.train_frames,
+        return EpochBatches(self.bank, self.train_labels, self.num_classes, batches, chosen, self.cfg.train_frames,
                             self.seed, epoch, shard=distributed.rank_and_world())
 
     def loader(self, dataset: EpochBatches):
@@ -164,7 +165,8 @@ class Trainer:
         self.recipe.start_epoch(epoch)
         dataset = self.epoch_batches(epoch)
         total, count = 0.0, 0
-        for b, (x, y, chosen, _) in enumerate(self.loader(dataset)):
+        for b, (x, y, chosen, positions) in enumerate(self.loader(dataset)):
+            self.bank.check_finite(x, positions)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             generator = torch.Generator().manual_seed(derived_seed(self.seed, epoch, b))
             with autocast(self.device, self.cfg.amp):

@@ -91,21 +91,25 @@ def test_too_many_poisoned_npy_files_fail_extract_and_training_is_refused(releas
     assert "stage 'train' needs 'extract', which has not run" in refused.stderr
 
 
-def test_nan_in_a_damaged_shard_is_reported_with_the_video_or_shard_before_training(feature_work_dir, tmp_path):
+@pytest.mark.parametrize("cache", ["ram", "none"])
+@pytest.mark.parametrize("damaged_split", ["train", "val"])
+def test_nan_in_a_damaged_shard_is_reported_with_the_video_or_shard_before_training(feature_work_dir, tmp_path, cache,
+                                                                                    damaged_split):
     from extract.store import FeatureStore
 
     work = tmp_path / "work"
     args = feature_work_dir(work)
     store = FeatureStore(work / "extract")
     split = pd.read_parquet(work / "split" / "videos.parquet")
-    video = split[split.split == "val"].video_id.iloc[0]
+    video = split[split.split == damaged_split].video_id.iloc[0]
     shard = store.shards[0]
     k = shard.ids.index(video)
     first, last = shard.offsets[k], shard.offsets[k + 1]
     with open(shard.path, "r+b") as handle:  # bit rot: the video's features become NaN, the size stays
         handle.seek(shard.feat_offset + first * shard.dim * shard.dtype.itemsize)
         handle.write(np.full((last - first) * shard.dim, np.nan, shard.dtype).tobytes())
-    result = cli("run", "-q", "--stage", "train", *args, *TRAIN, "--set", "train.epochs=2")
+    result = cli("run", "-q", "--stage", "train", *args, *TRAIN, "--set", "train.epochs=2",
+                 "--set", f"train.cache={cache}")
     assert result.returncode in (1, 2)
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert video in result.stderr or shard.path.name in result.stderr
