@@ -1,6 +1,7 @@
 """The train stage on synthetic features: learning, every method, determinism, resume, refusals."""
 
 import json
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -88,21 +89,28 @@ def test_cpu_training_is_bit_reproducible(work, tmp_path):
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-def test_interrupted_training_resumes_to_the_same_weights(work, monkeypatch):
+@contextmanager
+def interrupted_at_epoch(epoch: int):
+    """Training raises KeyboardInterrupt (Ctrl-C) when it reaches ``epoch``."""
+    original = loop.Trainer.train_epoch
+
+    def interrupt(self, current):
+        if current == epoch:
+            raise KeyboardInterrupt
+        return original(self, current)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop.Trainer, "train_epoch", interrupt)
+        yield
+
+
+def test_interrupted_training_resumes_to_the_same_weights(work):
     run, args = work
     assert train(args, "--set", "train.method=mixup") == 0
     uninterrupted = weights(run, "mixup")
-    original = loop.Trainer.train_epoch
-
-    def crash_at_epoch_2(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(loop.Trainer, "train_epoch", crash_at_epoch_2)
-    assert train(args, "--set", "train.method=mixup", "--force") == 130
+    with interrupted_at_epoch(2):
+        assert train(args, "--set", "train.method=mixup", "--force") == 130
     assert load(run / "train" / "mixup" / "last.pt")["epoch"] == 2
-    monkeypatch.setattr(loop.Trainer, "train_epoch", original)
     assert train(args, "--set", "train.method=mixup") == 0
     resumed = weights(run, "mixup")
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in resumed)
@@ -110,18 +118,10 @@ def test_interrupted_training_resumes_to_the_same_weights(work, monkeypatch):
     assert summary["resumed"] is True
 
 
-def test_checkpoint_of_another_config_is_refused(work, capsys, monkeypatch):
+def test_checkpoint_of_another_config_is_refused(work, capsys):
     run, args = work
-    original = loop.Trainer.train_epoch
-
-    def crash(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(loop.Trainer, "train_epoch", crash)
-    assert train(args) == 130
-    monkeypatch.setattr(loop.Trainer, "train_epoch", original)
+    with interrupted_at_epoch(1):
+        assert train(args) == 130
     assert train(args, "--set", "train.lr=0.01") == 2
     err = capsys.readouterr().err
     assert "belongs to another run (config changed (lr: 0.003 -> 0.01))" in err and "--resume never" in err
