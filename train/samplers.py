@@ -1,15 +1,20 @@
-"""Class-aware re-sampling for CBS / SRS (REFERENCE section 3.5).
+"""Class-aware re-sampling for CBS / SRS (REFERENCE section 3.5) and MEDC's inverse expert.
 
-Each draw first picks a class ``c*`` and then a video uniformly among the videos labelled ``c*``:
+Each draw first picks a class ``c*`` and then a video uniformly among the videos labelled ``c*``
+(a multi-label video keeps all its labels as targets; ``c*`` only decides the draw):
 
 * ``cbs``: ``c*`` uniform over the classes that have at least one video;
 * ``srs``: ``P(c) = sqrt(n_c) / sum_c' sqrt(n_c')`` with ``n_c`` the number of videos containing c
-  (the VLT version; MOVE's min-max rescaled vector is not a distribution and is not reproduced).
+  (the VLT version; MOVE's min-max rescaled vector is not a distribution and is not reproduced);
+* ``inv``: ``P(c) ∝ resort(n)_c`` over the classes with videos: the label frequencies in reversed
+  rank order (the most frequent class gets the least frequent class's count), MEDC's inversely
+  long-tailed expert.
 
 An epoch has ``num_samples`` draws (default: the number of videos, as the reference). The sampler yields
 ``(video_index, chosen_class)`` pairs; the loss mask for a batch is :func:`resample_mask`. Randomness is
 a ``numpy.random.Generator`` seeded with ``seed + epoch`` (call :meth:`ClassAwareSampler.set_epoch`), so
-every epoch has a different but reproducible stream (the reference used the global python / numpy RNGs).
+every epoch has a different but reproducible stream (the reference used the global python / numpy RNGs);
+:meth:`ClassAwareSampler.draw` also takes the generator to use (the training loop's extra streams).
 """
 
 from __future__ import annotations
@@ -20,9 +25,19 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["ClassAwareSampler", "resample_mask", "MODES"]
+__all__ = ["ClassAwareSampler", "resample_mask", "resort", "MODES"]
 
-MODES = ("cbs", "srs")
+MODES = ("cbs", "srs", "inv")
+
+
+def resort(values) -> np.ndarray:
+    """The vector with its order reversed: the class of rank r (descending, ties by class index) gets
+    the value of rank C-1-r. ``resort([5, 1, 3]) = [1, 5, 3]``."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    order = np.argsort(-v, kind="stable")  # class index by descending rank
+    out = np.empty_like(v)
+    out[order] = v[order[::-1]]
+    return out
 
 
 class ClassAwareSampler(Sampler):
@@ -50,10 +65,8 @@ class ClassAwareSampler(Sampler):
         self.classes = np.flatnonzero(self.class_counts > 0)  # classes that can be drawn
         if self.classes.size == 0:
             raise ValueError("no class has any video")
-        if mode == "cbs":
-            p = np.ones(self.classes.size, dtype=np.float64)
-        else:
-            p = np.sqrt(self.class_counts[self.classes].astype(np.float64))
+        present = self.class_counts[self.classes].astype(np.float64)
+        p = {"cbs": np.ones_like(present), "srs": np.sqrt(present), "inv": resort(present)}[mode]
         self.class_probs = np.zeros(self.num_classes, dtype=np.float64)
         self.class_probs[self.classes] = p / p.sum()
         # videos of all classes concatenated, with per-class offsets
@@ -71,9 +84,10 @@ class ClassAwareSampler(Sampler):
     def __len__(self) -> int:
         return self.num_samples
 
-    def draw(self) -> tuple[np.ndarray, np.ndarray]:
-        """The epoch's draws as arrays ``(video_indices, chosen_classes)``, each (num_samples,)."""
-        rng = np.random.default_rng(self.seed + self.epoch)
+    def draw(self, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The epoch's draws as arrays ``(video_indices, chosen_classes)``, each (num_samples,), from
+        ``rng`` (default: a generator seeded with ``seed + epoch``)."""
+        rng = rng if rng is not None else np.random.default_rng(self.seed + self.epoch)
         n = self.num_samples
         if self.mode == "cbs":
             classes = self.classes[rng.integers(0, self.classes.size, size=n)]
