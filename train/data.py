@@ -92,30 +92,39 @@ def eval_frames(lengths, num_frames: int) -> list:
 
 
 class EpochBatches(torch.utils.data.Dataset):
-    """Batch ``i`` of one training epoch: (features, targets, chosen classes or -1, video positions).
+    """Batch ``i`` of one training epoch: (features, targets, chosen classes or -1, video positions,
+    rows per stream).
 
-    A Dataset of whole batches, so loader processes can build them in parallel while staying
-    deterministic (``batch_size=None`` in the DataLoader).
+    ``streams`` (optional) are extra batch streams of the same epoch, each a ``(batches, chosen)``
+    pair like the main one (e.g. MEDC's class-balanced and inverse streams): batch ``i`` carries the
+    main stream's rows first, then each stream's rows in order; ``rows per stream`` (a 1-D int64
+    tensor, main first) tells them apart. A Dataset of whole batches, so loader processes can build
+    them in parallel while staying deterministic (``batch_size=None`` in the DataLoader).
     """
 
     def __init__(self, bank: FeatureBank, labels: list, num_classes: int, batches: list, chosen: list | None,
-                 num_frames: int, seed: int, epoch: int, shard: tuple = (0, 1)):
+                 num_frames: int, seed: int, epoch: int, shard: tuple = (0, 1), streams: list = ()):
         self.bank, self.labels, self.num_classes = bank, labels, num_classes
-        self.batches, self.chosen = batches, chosen
+        self.streams = [(batches, chosen), *streams]
         self.num_frames, self.seed, self.epoch = num_frames, seed, epoch
         self.rank, self.world = shard  # data parallelism: this process's rows of each batch
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.streams[0][0])
 
     def __getitem__(self, i: int):
-        positions = self.batches[i]
-        rng = batch_rng(self.seed, self.epoch, i)
-        frames = train_frames(self.bank.lengths[positions], self.num_frames, rng)  # the whole global batch
+        rng = batch_rng(self.seed, self.epoch, i)  # frames of the main rows first, then each stream's
         mine = slice(self.rank, None, self.world)
-        positions, frames = positions[mine], frames[mine]
+        positions, frames, chosen, sizes = [], [], [], []
+        for batches, picked in self.streams:
+            drawn = train_frames(self.bank.lengths[batches[i]], self.num_frames, rng)  # the whole global batch
+            rows = batches[i][mine]
+            positions.append(rows)
+            frames += drawn[mine]
+            chosen.append(picked[i][mine] if picked is not None else np.full(len(rows), -1))
+            sizes.append(len(rows))
+        positions = np.concatenate(positions)
         x = self.bank.clips(positions, frames, check=False)  # checked by the trainer, in the main process
         y = torch.from_numpy(multi_hot([self.labels[p] for p in positions], self.num_classes)).float()
-        chosen = (torch.as_tensor(self.chosen[i][mine]) if self.chosen is not None
-                  else torch.full((len(positions),), -1))
-        return x, y, chosen, torch.as_tensor(positions)
+        return (x, y, torch.as_tensor(np.concatenate(chosen)), torch.as_tensor(positions),
+                torch.as_tensor(sizes, dtype=torch.int64))

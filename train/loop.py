@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,16 +71,20 @@ def learning_rate(cfg: TrainConfig, epoch: int) -> float:
 
 
 @torch.inference_mode()
-def predict(model, bank: FeatureBank, data: SplitData, cfg: TrainConfig, device) -> np.ndarray:
-    """(N, C) float32 logits of a split, on ``eval_frames`` uniform frames per video."""
+def predict(model, bank: FeatureBank, data: SplitData, cfg: TrainConfig, device, forward=None):
+    """(N, C) float32 logits of a split, on ``eval_frames`` uniform frames per video; with ``forward``
+    (clips -> dict of (B, C) tensors, e.g. :meth:`Recipe.experts`) a dict of such arrays."""
     model.eval()
+    forward = forward or model
     out = []
     for start in range(0, len(data.positions), cfg.batch_size):
         positions = data.positions[start:start + cfg.batch_size]
         x = bank.clips(positions, eval_frames(bank.lengths[positions], cfg.eval_frames)).to(device)
         with autocast(device, cfg.amp):
-            out.append(model(x).float().cpu())
-    return torch.cat(out).numpy()
+            out.append(forward(x))
+    if isinstance(out[0], dict):
+        return {k: torch.cat([o[k].float().cpu() for o in out]).numpy() for k in out[0]}
+    return torch.cat([o.float().cpu() for o in out]).numpy()
 
 
 def scores_for_metrics(logits: np.ndarray, cfg: TrainConfig) -> np.ndarray:
@@ -104,6 +109,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.amp == "fp16")
         train = splits["train"]
         self.train_labels = {int(p): labels for p, labels in zip(train.positions, train.labels)}  # by bank position
+        self.samplers = {}  # the extra streams' samplers, by stream name
         self.epoch = 0
         self.best = None
         self.history = []
@@ -145,11 +151,27 @@ class Trainer:
         cuts = list(range(0, len(order), self.cfg.batch_size))
         if len(cuts) > 1 and len(order) - cuts[-1] < 2 * distributed.rank_and_world()[1]:
             cuts.pop()  # a last batch of one video (per process) joins the one before: BatchNorm needs two
-        ends = cuts[1:] + [len(order)]
-        batches = [train.positions[order[a:b]] for a, b in zip(cuts, ends)]
-        chosen = None if picked is None else [picked[a:b] for a, b in zip(cuts, ends)]
+        spans = list(zip(cuts, cuts[1:] + [len(order)]))
+        batches = [train.positions[order[a:b]] for a, b in spans]
+        chosen = None if picked is None else [picked[a:b] for a, b in spans]
+        streams = []
+        for name, (videos, classes) in self.stream_draws(epoch, len(order)).items():
+            streams.append(([train.positions[videos[a:b]] for a, b in spans], [classes[a:b] for a, b in spans]))
         return EpochBatches(self.bank, self.train_labels, self.num_classes, batches, chosen, self.cfg.train_frames,
-                            self.seed, epoch, shard=distributed.rank_and_world())
+                            self.seed, epoch, shard=distributed.rank_and_world(), streams=streams)
+
+    def stream_draws(self, epoch: int, size: int) -> dict:
+        """``(video indices, chosen classes)`` of each of the recipe's extra streams for ``epoch``, ``size``
+        draws each, from a generator seeded by (seed, epoch, stream name)."""
+        from train.samplers import ClassAwareSampler
+
+        train, out = self.splits["train"], {}
+        for name, mode in self.recipe.streams.items():
+            if name not in self.samplers:
+                self.samplers[name] = ClassAwareSampler(train.labels, self.num_classes, mode, num_samples=size)
+            rng = np.random.default_rng([self.seed, epoch, zlib.crc32(name.encode())])
+            out[name] = self.samplers[name].draw(rng)
+        return out
 
     def loader(self, dataset: EpochBatches):
         if self.bank.packed is not None or self.cfg.num_workers == 0:
@@ -157,20 +179,22 @@ class Trainer:
         return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=self.cfg.num_workers,
                                            pin_memory=self.device.type == "cuda", persistent_workers=False)
 
-    def train_epoch(self, epoch: int) -> float:
+    def train_epoch(self, epoch: int) -> tuple:
+        """One epoch: ``(mean training loss, per-epoch means of the recipe's step metrics)``."""
         self.model.train()
         torch.manual_seed(derived_seed(self.seed, epoch))
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, epoch)
         self.recipe.start_epoch(epoch)
         dataset = self.epoch_batches(epoch)
-        total, count = 0.0, 0
-        for b, (x, y, chosen, positions) in enumerate(self.loader(dataset)):
+        total, count, sums = 0.0, 0, {}
+        for b, (x, y, chosen, positions, sizes) in enumerate(self.loader(dataset)):
             self.bank.check_finite(x, positions)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             generator = torch.Generator().manual_seed(derived_seed(self.seed, epoch, b))
+            extra = {"streams": self.recipe.stream_rows(sizes.tolist())} if self.recipe.streams else {}
             with autocast(self.device, self.cfg.amp):
-                loss = self.recipe.training_loss(x, y, chosen.to(self.device), generator)
+                loss = self.recipe.training_loss(x, y, chosen.to(self.device), generator, **extra)
             if not torch.isfinite(loss):
                 raise StageFailed(f"training diverged: the {self.recipe.name} loss is {loss.item()} at epoch {epoch}, "
                                   f"batch {b}; the last good checkpoint is kept in {self.run_dir}. Lower "
@@ -183,10 +207,13 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.recipe.clip_parameters(), self.cfg.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            total += float(loss.detach()) * len(y)
-            count += len(y)
+            total += float(loss.detach()) * int(sizes[0])
+            count += int(sizes[0])
+            for key, value in self.recipe.step_metrics().items():
+                sums[key] = sums.get(key, 0.0) + value
         self.recipe.end_epoch()
-        return total / max(count, 1)
+        means = {key: float(value) / len(dataset) for key, value in sums.items()}
+        return total / max(count, 1), means
 
     def evaluate(self, split: str) -> dict:
         data = self.splits[split]
@@ -205,8 +232,8 @@ class Trainer:
                       desc=f"train {self.recipe.name}", unit="epoch", disable=not (self.progress and main))
         for epoch in epochs:
             started = time.perf_counter()
-            loss = self.train_epoch(epoch)
-            row = {"epoch": epoch, "loss": loss, "lr": learning_rate(self.cfg, epoch)}
+            loss, terms = self.train_epoch(epoch)
+            row = {"epoch": epoch, "loss": loss, "lr": learning_rate(self.cfg, epoch), **terms}
             evaluate_now = (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs
             if evaluate_now and distributed.is_main():
                 row[self.cfg.select_on] = self.evaluate(self.cfg.select_on)
@@ -219,23 +246,52 @@ class Trainer:
             self.epoch = epoch + 1
             if distributed.is_main():
                 checkpoints.save(self.run_dir / checkpoints.LAST, self.state())
-                self.write_logs(writer, row)
+                self.write_logs(writer, row, terms)
             distributed.barrier()
             epochs.set_postfix(loss=f"{loss:.4f}", best_mAP=f"{self.best['mAP']:.3f}" if self.best else "-")
         if writer is not None:
             writer.close()
         return self.best
 
-    def write_logs(self, writer, row: dict) -> None:
+    def write_logs(self, writer, row: dict, terms=()) -> None:
+        """log.jsonl (the whole history) and this epoch's TensorBoard scalars, ``terms`` among them."""
         write_text_atomic(self.run_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         writer.add_scalar("loss/train", row["loss"], row["epoch"])
         writer.add_scalar("lr", row["lr"], row["epoch"])
+        for key in terms:
+            writer.add_scalar(f"train/{key}", row[key], row["epoch"])
         for key, value in row.get(self.cfg.select_on, {}).items():
             if value is not None:
                 writer.add_scalar(f"{self.cfg.select_on}/{key}", value, row["epoch"])
 
-    def predict_best(self, split: str) -> np.ndarray:
-        """Logits of ``split`` from the selected (best) checkpoint."""
+    def load_best(self) -> dict:
+        """Load the selected (best) checkpoint into the model; returns the checkpoint."""
         state = checkpoints.load(self.run_dir / checkpoints.BEST)
         self.model.load_state_dict(state["model"])
-        return predict(self.model, self.bank, self.splits[split], self.cfg, self.device)
+        return state
+
+    def calibrate(self) -> dict:
+        """The recipe's post-hoc fit (:meth:`Recipe.calibrate`) on the selection split with the best
+        checkpoint, saved back into it; returns what the recipe chose ({} when it has nothing to fit)."""
+        state = self.load_best()
+        data = self.splits[self.cfg.select_on]
+
+        def selection_experts():
+            return (predict(self.model, self.bank, data, self.cfg, self.device, forward=self.recipe.experts),
+                    multi_hot(data.labels, self.num_classes))
+
+        chosen = self.recipe.calibrate(selection_experts)
+        if chosen:
+            checkpoints.save(self.run_dir / checkpoints.BEST, {**state, "model": self.model.state_dict()})
+        return chosen
+
+    def predict_best(self, split: str) -> tuple:
+        """``(logits, {expert: logits})`` of ``split`` from the selected (best) checkpoint, the second
+        from :meth:`Recipe.experts` (empty for single models); one pass over the split."""
+        self.load_best()
+
+        def both(x):
+            return {"": self.model(x), **self.recipe.experts(x)}  # "" is no expert's name
+
+        out = predict(self.model, self.bank, self.splits[split], self.cfg, self.device, forward=both)
+        return out.pop(""), out

@@ -20,6 +20,9 @@ class Recipe:
     loss_name = "bce"
     loss_defaults: dict = {}
     sampler: str | None = None  # "cbs" | "srs": class-aware re-sampling with the loss mask
+    # extra batch streams drawn from the whole training set each step, name -> ClassAwareSampler mode;
+    # a recipe with streams gets every stream's rows in one batch and ``streams={name: rows}``
+    streams: dict = {}
 
     def __init__(self, name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts,
                  options: dict | None = None):
@@ -46,14 +49,39 @@ class Recipe:
     def start_epoch(self, epoch: int) -> None:
         self.criterion.set_epoch(epoch)
 
+    def stream_rows(self, sizes: list) -> dict:
+        """Row slices of a batch's streams from their row counts (main first): ``{"main": slice, name: slice}``."""
+        names = ["main", *self.streams]
+        if len(sizes) != len(names):
+            raise ValueError(f"a batch with {len(sizes)} streams, the recipe has {len(names)} ({names})")
+        ends = np.cumsum(sizes).tolist()
+        return {name: slice(end - size, end) for name, size, end in zip(names, sizes, ends)}
+
     def training_loss(self, x, y, chosen, generator: torch.Generator) -> torch.Tensor:
-        """Loss of one training batch; ``chosen`` holds the re-sampled class per video (or -1)."""
+        """Loss of one training batch; ``chosen`` holds the re-sampled class per video (or -1). Recipes
+        that declare :attr:`streams` also get ``streams``, the row slices of :meth:`stream_rows`."""
         mask = None
         if self.sampler is not None:
             from train.samplers import resample_mask
 
             mask = resample_mask(y, chosen)
         return self.criterion(self.model(x), y, mask=mask)
+
+    def step_metrics(self) -> dict:
+        """Named scalars (floats or 0-d tensors) of the last training step; the trainer logs their
+        per-epoch means in ``log.jsonl`` and TensorBoard (``train/<name>``)."""
+        return {}
+
+    def experts(self, x: torch.Tensor) -> dict:
+        """Logits (each (B, C)) of the members of an ensemble model by name (MEDC's experts), evaluated
+        beside the combined prediction; {} for single models."""
+        return {}
+
+    def calibrate(self, selection_experts) -> dict:
+        """Fit post-hoc settings into the model after training (saved in the best checkpoint); returns
+        what was chosen, {} for nothing. ``selection_experts()`` computes the selection split's
+        ``(dict of :meth:`experts` (N, C) logits, (N, C) 0/1 targets)`` on demand."""
+        return {}
 
     def end_epoch(self) -> None:
         """Called after the last batch of an epoch."""

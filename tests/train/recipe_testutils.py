@@ -17,7 +17,14 @@ def batch(b=8, t=T, seed=0, labels=None):
     return x, y
 
 
-def step(recipe, x, y, seed=0):
-    """The recipe's training loss on (x, y) in train mode, with a seeded generator."""
+def step(recipe, x, y, seed=0, streams=None):
+    """The recipe's training loss on (x, y) in train mode, with a seeded generator. A recipe with extra
+    batch streams gets each stream's rows after the main ones: ``streams[name]`` = (x, y), default the
+    main rows again."""
     recipe.model.train()
-    return recipe.training_loss(x, y, torch.full((len(y),), -1), torch.Generator().manual_seed(seed))
+    extra = {}
+    if recipe.streams:
+        parts = [(x, y), *((streams or {}).get(name, (x, y)) for name in recipe.streams)]
+        x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        extra["streams"] = recipe.stream_rows([len(p[1]) for p in parts])
+    return recipe.training_loss(x, y, torch.full((len(y),), -1), torch.Generator().manual_seed(seed), **extra)
