@@ -57,6 +57,21 @@ def run_markdown(label: str, document: dict) -> str:
     return "\n".join(text)
 
 
+def experts_markdown(document: dict) -> str:
+    """results.md's per-expert section (an ensemble's members, e.g. MEDC's experts, each scored alone
+    beside the combination), "" when the predictions have none."""
+    experts = document.get("experts")
+    if not experts:
+        return ""
+    names = list(document["profiles"])
+    rows = [[name, *(_fmt(m[c]) for c in COLUMNS), *(_fmt(m["profiles"][p]["mAP"]) for p in names)]
+            for name, m in [("combination", {**document["metrics"], "profiles": document["profiles"]}),
+                            *experts.items()]]
+    return "\n".join(["\n## Experts\n", "Each expert's own predictions scored alone; profile columns are mAP on "
+                      "the re-sampled test sets.\n",
+                      markdown_table(["Expert", *HEADERS, *(f"mAP[{p}]" for p in names)], rows)])
+
+
 def metrics_files(run_dir: Path) -> list:
     """The metrics.json files of a metrics file, an evaluate run folder or a whole work dir."""
     if run_dir.is_file():

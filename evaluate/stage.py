@@ -20,13 +20,16 @@ PER_CLASS_CSV = "per_class.csv"
 RESULTS_MD = "results.md"
 AP_PLOT = "ap_vs_frequency.png"
 RUN_KEYS = ("method", "features", "seed", "select_on")
+EXPERT_PREFIX = "expert_"
 
 
 def load_predictions(path: Path) -> tuple:
-    """``(scores (N, C) float32, video_ids (N,), run info)`` from an .npz predictions file.
+    """``(scores (N, C) float32, video_ids (N,), run info, {expert: (N, C) float32 scores})`` from an
+    .npz predictions file.
 
     Besides ``scores`` and ``video_ids`` the file may carry string/number entries ``method``,
-    ``features``, ``seed``, ``select_on`` that describe the run.
+    ``features``, ``seed``, ``select_on`` that describe the run, and an ensemble's members' scores
+    (MEDC's experts) as arrays ``expert_<name>``, scored like ``scores``.
     """
     path = Path(path)
     if not path.is_file():
@@ -39,17 +42,22 @@ def load_predictions(path: Path) -> tuple:
                                 "`video_ids` (N,) is expected")
             scores, ids = data["scores"], data["video_ids"]
             info = {k: data[k].item() for k in RUN_KEYS if k in data}
+            experts = {k[len(EXPERT_PREFIX):]: data[k] for k in data.files if k.startswith(EXPERT_PREFIX)}
     except (ValueError, OSError) as exc:
         raise UserError(f"{path}: not a readable .npz of plain arrays ({exc})") from exc
     if scores.ndim != 2 or ids.shape != (len(scores),):
         raise UserError(f"{path}: scores must be (N, C) and video_ids (N,), got {scores.shape} and {ids.shape}")
-    if not np.isfinite(scores).all():
-        raise UserError(f"{path}: scores contain NaN or Inf")
+    for name, values in {"scores": scores, **{EXPERT_PREFIX + k: v for k, v in experts.items()}}.items():
+        if values.shape != scores.shape:
+            raise UserError(f"{path}: {name} has shape {values.shape}, scores {scores.shape}")
+        if not np.isfinite(values).all():
+            raise UserError(f"{path}: {name} contain NaN or Inf")
     ids = ids.astype(str)
     unique, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         raise UserError(f"{path}: video id(s) predicted twice, e.g. {unique[counts > 1][:3].tolist()}")
-    return scores.astype(np.float32, copy=False), ids, info
+    experts = {k: v.astype(np.float32, copy=False) for k, v in experts.items()}
+    return scores.astype(np.float32, copy=False), ids, info, experts
 
 
 def align(scores: np.ndarray, ids: np.ndarray, videos: pd.DataFrame, num_classes: int, source) -> tuple:
@@ -63,6 +71,17 @@ def align(scores: np.ndarray, ids: np.ndarray, videos: pd.DataFrame, num_classes
         raise UserError(f"{source}: no prediction for {len(missing)} of {len(videos)} videos "
                         f"(e.g. {missing.head(3).tolist()}); predict every video of the split")
     return scores[rows.to_numpy(dtype=np.int64)], multi_hot(videos.labels, num_classes)
+
+
+def score_with_profiles(cfg: EvaluateConfig, scores, targets, counts, head: int, tail: int) -> tuple:
+    """``(metrics.compute result, {profile: scalars + realised label distribution})`` of one score matrix."""
+    main = metrics.compute(scores, targets, counts, head=head, tail=tail)
+    by_profile = {}
+    for name in cfg.test_profiles:
+        rows = profiles.resample(targets, name, counts, cfg.profile_seed)
+        result = main if name == "as_is" else metrics.compute(scores[rows], targets[rows], counts, head, tail)
+        by_profile[name] = {**metrics.scalars(result), "labels": profiles.label_distribution(targets[rows])}
+    return main, by_profile
 
 
 def run_evaluate(cfg: EvaluateConfig, split_dir: Path, predictions: Path, stage_dir: Path,
@@ -79,16 +98,17 @@ def run_evaluate(cfg: EvaluateConfig, split_dir: Path, predictions: Path, stage_
     videos = videos[videos.split == cfg.split]
     if videos.empty:
         raise UserError(f"the split stage in {split_dir} has no {cfg.split!r} videos to evaluate on")
-    scores, ids, info = load_predictions(predictions)
+    scores, ids, info, experts = load_predictions(predictions)
     run = {**(run_info or {}), **info}
     scores, targets = align(scores, ids, videos, len(classes), predictions)
     counts = classes.train_count.to_numpy()
-    main = metrics.compute(scores, targets, counts, head=head, tail=tail)
-    by_profile = {}
-    for name in cfg.test_profiles:
-        rows = profiles.resample(targets, name, counts, cfg.profile_seed)
-        result = main if name == "as_is" else metrics.compute(scores[rows], targets[rows], counts, head, tail)
-        by_profile[name] = {**metrics.scalars(result), "labels": profiles.label_distribution(targets[rows])}
+    main, by_profile = score_with_profiles(cfg, scores, targets, counts, head, tail)
+    by_expert = {}
+    for name, values in experts.items():
+        result, expert_profiles = score_with_profiles(cfg, align(values, ids, videos, len(classes), predictions)[0],
+                                                      targets, counts, head, tail)
+        by_expert[name] = {**metrics.scalars(result),
+                           "profiles": {p: {k: v for k, v in d.items() if k != "labels"} for p, d in expert_profiles.items()}}
     stage_dir.mkdir(parents=True, exist_ok=True)
     per_class = pd.DataFrame({"class_index": classes.class_index, "name": classes.name,
                               "train_count": counts, "group": classes.group, "ap": main["per_class_ap"],
@@ -96,12 +116,14 @@ def run_evaluate(cfg: EvaluateConfig, split_dir: Path, predictions: Path, stage_
     with atomic_path(stage_dir / PER_CLASS_CSV) as tmp:
         per_class.to_csv(tmp, index=False, float_format="%.6f")
     document = {"split": cfg.split, "videos": len(videos), "thresholds": thresholds, "run": run,
-                "metrics": metrics.scalars(main), "profiles": by_profile, "profile_seed": cfg.profile_seed}
+                "metrics": metrics.scalars(main), "profiles": by_profile, "profile_seed": cfg.profile_seed,
+                **({"experts": by_expert} if by_expert else {})}
     write_json_atomic(stage_dir / METRICS_JSON, document)
     label = report.run_label(run)
-    write_text_atomic(stage_dir / RESULTS_MD, report.run_markdown(label, document))
+    write_text_atomic(stage_dir / RESULTS_MD, report.run_markdown(label, document) + report.experts_markdown(document))
     plots.ap_vs_frequency(stage_dir / AP_PLOT, counts, main["per_class_ap"], classes.group.to_numpy(),
                           head, tail, title=f"Per-class AP against training frequency: {label}")
     summary = {"videos": len(videos), **{k: document["metrics"][k] for k in report.COLUMNS},
-               "profiles": {p: by_profile[p]["mAP"] for p in by_profile}}
+               "profiles": {p: by_profile[p]["mAP"] for p in by_profile},
+               **({"experts": {k: v["mAP"] for k, v in by_expert.items()}} if by_expert else {})}
     return summary, [METRICS_JSON, PER_CLASS_CSV, RESULTS_MD, AP_PLOT]

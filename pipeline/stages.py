@@ -182,9 +182,14 @@ def run_extract_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: Run
 
 # ----------------------------------------------------------------------------------------- train
 
+def method_train_config(cfg: Config):
+    """The train config a run uses: MEDC's own schedule (medc.epochs, lr, ...) replaces train's."""
+    return cfg.medc.schedule(cfg.train) if cfg.train.method == "medc" else cfg.train
+
+
 def train_settings(cfg: Config) -> dict:
     """The train config a run depends on, with the method's own section (move, medc) when it has one."""
-    settings = {**cfg.train.model_dump(), "seed": cfg.seed}
+    settings = {**method_train_config(cfg).model_dump(), "seed": cfg.seed}
     if cfg.train.method == "move":
         settings["move"] = cfg.move.model_dump()
     if cfg.train.method == "medc":  # MEDC on MOVE's aggregators (medc.trunk=aggregators) reads move.* too
@@ -198,8 +203,8 @@ def run_train_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOp
     settings = train_settings(cfg)
     upstream = {name: sha256_file(work_dir / name / "manifest.json") for name in ("extract", "split")}
     identity = {"config_hash": config_hash(settings), "settings": settings, "upstream": config_hash(upstream)}
-    summary, outputs = run_train(cfg.train, work_dir / "extract", work_dir / "split", stage_dir, seed=cfg.seed,
-                                 method_options={"move": cfg.move, "medc": cfg.medc}, identity=identity,
+    summary, outputs = run_train(method_train_config(cfg), work_dir / "extract", work_dir / "split", stage_dir,
+                                 seed=cfg.seed, method_options={"move": cfg.move, "medc": cfg.medc}, identity=identity,
                                  resume=options.resume == "auto" and not options.force, progress=options.progress)
     return StageResult(outputs, summary)
 

@@ -15,7 +15,8 @@ from train.config import MedcConfig, MoveConfig, TrainConfig
 def bench_train(batch: int = 128, frames: int = 60, dim: int = 2048, classes: int = 1004, repeats: int = 3,
                 method_names: tuple = ("baseline", "move", "medc"), seed: int = 0) -> dict:
     """Per-step seconds (min/median of ``repeats`` after one warm-up step), samples/s and parameter
-    counts of each method's training step (forward, loss, backward, Adam step) on the CPU/GPU."""
+    counts of each method's training step (forward, loss, backward, Adam step) on the CPU/GPU; samples/s
+    counts the main batch (MEDC's steps also carry its experts' streams)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rng = np.random.default_rng(seed)
     counts = np.sort(rng.integers(44, 1913, classes))[::-1].copy()
@@ -33,12 +34,15 @@ def bench_train(batch: int = 128, frames: int = 60, dim: int = 2048, classes: in
         recipe.model.to(device).train()
         optimizer = torch.optim.Adam(recipe.parameters(), lr=1e-4)
         generator = torch.Generator().manual_seed(seed)
+        copies = 1 + len(recipe.streams)  # a recipe with extra batch streams (MEDC) gets one batch per stream
+        extra = {"streams": recipe.stream_rows([batch] * copies)} if recipe.streams else {}
+        xs, ys, cs = (t.repeat(copies, *[1] * (t.dim() - 1)) for t in (x, y, chosen))
         times = []
         for step in range(repeats + 1):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
-            loss = recipe.training_loss(x, y, chosen, generator)
+            loss = recipe.training_loss(xs, ys, cs, generator, **extra)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

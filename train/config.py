@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 METHODS = ("baseline", "focal", "ldam_drw", "eql", "cb_loss", "cbs", "srs", "mixup", "framestack", "move", "medc")
 Method = Literal["baseline", "focal", "ldam_drw", "eql", "cb_loss", "cbs", "srs", "mixup", "framestack", "move", "medc"]
@@ -78,8 +78,14 @@ class MoveConfig(BaseModel):
     n_head: int = Field(4, ge=1, description="PSA attention heads")
 
 
+SCHEDULE_KEYS = ("epochs", "lr", "lr_steps", "batch_size")
+
+
 class MedcConfig(BaseModel):
-    """MEDC (TMM'23, our specification): three distribution experts with mean/variance branches."""
+    """MEDC (TMM'23, our reading): three distribution experts with mean/variance branches.
+
+    Every component is a switch; ``docs/decisions.md`` (MEDC) gives each reading and its evidence.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -89,11 +95,37 @@ class MedcConfig(BaseModel):
     experts: list[Literal["lt", "uni", "inv"]] = Field(["lt", "uni", "inv"], min_length=1,
                                                        description="which experts (single-expert ablations)")
     temporal_attention: bool = Field(True, description="variance branch by temporal attention (else FC+BN)")
-    expert_input: Literal["reweight", "resample"] = Field("reweight", description="how experts see other distributions")
+    noise: bool = Field(True, description="training z = mu + eps * sigma (false: z = mu; sigma still gets L_sigma)")
+    expert_input: Literal["sample", "reweight", "batch_resample"] = Field(
+        "sample", description="how the uni/inv experts see their distributions: sample = own batch streams drawn "
+        "from the whole training set (class-balanced / inverse); reweight = per-class BCE weights on the shared "
+        "batch; batch_resample = rows re-drawn from the current batch (both ablations)")
+    cls_reduction: Literal["sum", "mean"] = Field(
+        "sum", description="BCE of each expert: sum over classes, mean over videos (sum) or mean over B x C (mean)")
     learnable_weights: bool = Field(False, description="softmax-normalised learnable loss weights (risky)")
-    lambda_mu: float = Field(0.1, ge=0, description="weight of the mean (sorting) loss")
-    lambda_cls: float = Field(1.0, ge=0, description="weight of the classification loss")
-    lambda_sigma: float = Field(0.1, ge=0, description="weight of the region loss")
+    lambda_mu: float = Field(0.1, ge=0, description="weight of the mean (sorting) loss L_mu")
+    lambda_cls: float = Field(1.0, ge=0, description="weight of the classification loss L_cls")
+    lambda_sigma: float = Field(0.1, ge=0, description="weight of the region loss L_sigma")
     tau: float = Field(0.1, gt=0, description="temperature of the mean (contrastive) loss")
-    inference: Literal["probabilities", "logits"] = Field("probabilities", description="average experts' sigmoid "
-                                                          "outputs (reported as logits of the average) or logits")
+    region_a: float = Field(0.1, ge=0, description="a: region-size target of the rarest class (lt expert)")
+    region_b: float = Field(1.0, gt=0, description="b: region-size target of the most frequent class (lt expert)")
+    inference: Literal["probabilities", "logits", "learned", "val"] = Field(
+        "probabilities", description="combination of the experts: mean of sigmoid outputs (reported as logits of "
+        "the mean), mean of logits, learned softmax weights, or weights chosen on the selection split (val)")
+    val_step: float = Field(0.1, gt=0, le=1, description="grid step of the inference=val expert weights")
+    epochs: int | None = Field(120, ge=1, description="MEDC's epochs (the paper's 120); null = train.epochs")
+    lr: float | None = Field(1e-4, gt=0, description="MEDC's Adam learning rate; null = train.lr")
+    lr_steps: list[int] | None = Field([], description="MEDC's step-decay epochs ([] = none, as the paper); "
+                                        "null = train.lr_steps")
+    batch_size: int | None = Field(128, ge=1, description="MEDC's batch size (per stream); null = train.batch_size")
+
+    @model_validator(mode="after")
+    def _region_order(self):
+        if self.region_a >= self.region_b:
+            raise ValueError(f"region_a ({self.region_a}) must be below region_b ({self.region_b})")
+        return self
+
+    def schedule(self, train: TrainConfig) -> TrainConfig:
+        """``train`` with MEDC's own schedule (epochs, lr, lr_steps, batch_size) where it is not null."""
+        updates = {k: getattr(self, k) for k in SCHEDULE_KEYS if getattr(self, k) is not None}
+        return TrainConfig(**{**train.model_dump(), **updates})

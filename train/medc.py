@@ -41,14 +41,19 @@ generator, drawn on its device.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evaluate.metrics import average_precision
 from train.config import MedcConfig, MoveConfig, TrainConfig
 from train.losses import count_vector
 from train.methods import Recipe
+from train.samplers import resort
 
 __all__ = [
     "EXPERTS",
@@ -68,16 +73,6 @@ EXPERTS = ("lt", "uni", "inv")
 
 
 # --------------------------------------------------------------------------- class constants
-
-def resort(values) -> np.ndarray:
-    """The vector with its order reversed: the class of rank r (descending, ties by class index) gets
-    the value of rank C-1-r. ``resort([5, 1, 3]) = [1, 5, 3]``."""
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    order = np.argsort(-v, kind="stable")  # class index by descending rank
-    out = np.empty_like(v)
-    out[order] = v[order[::-1]]
-    return out
-
 
 def expert_class_weights(class_counts, kind: str) -> np.ndarray:
     """Per-class BCE weights of an expert (float64, mean 1 for uni/inv).
@@ -158,18 +153,74 @@ def region_loss(sigma: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor) -> to
     return ((size - target).pow(2) * has).sum() / has.sum().clamp(min=1)
 
 
-def combine_experts(logits: list, inference: str = "probabilities") -> torch.Tensor:
-    """Combine per-expert logits (each (B, C)) into one (B, C) logit tensor (see module docstring)."""
+def classification_loss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
+                        reduction: str = "sum") -> torch.Tensor:
+    """BCE-with-logits (optionally weighted per class) in float32: ``sum`` over classes then mean over
+    videos, or ``mean`` over B x C."""
+    bce = F.binary_cross_entropy_with_logits(logits.float(), y.float(), weight=weight, reduction="none")
+    if reduction == "sum":
+        return bce.sum(dim=1).mean()
+    if reduction != "mean":
+        raise ValueError(f"reduction must be sum or mean, got {reduction!r}")
+    return bce.mean()
+
+
+def anchors_with_positives(y: torch.Tensor) -> torch.Tensor:
+    """Share of the batch's videos that share a label with another video (the sorting loss's anchors)."""
+    labels = (y > 0).float()
+    overlap = labels @ labels.t()
+    overlap.fill_diagonal_(0)
+    return (overlap > 0).any(dim=1).float().mean()
+
+
+def combine_experts(logits: list, inference: str = "probabilities", weights=None) -> torch.Tensor:
+    """Combine per-expert logits (each (B, C)) into one (B, C) logit tensor: ``probabilities``
+    ``logit(sum_e w_e sigmoid(s_e))``, ``logits`` ``sum_e w_e s_e``; ``weights`` (E,) sum to 1
+    (default uniform). A zero weight drops its expert."""
     s = torch.stack(logits, dim=0)
+    w = (torch.full((len(logits),), 1.0 / len(logits)) if weights is None
+         else torch.as_tensor(weights, dtype=torch.float32)).to(device=s.device, dtype=s.dtype).view(-1, 1, 1)
     if inference == "logits":
-        return s.mean(dim=0)
+        return (w * s).sum(dim=0)
     if inference != "probabilities":
         raise ValueError(f"inference must be probabilities or logits, got {inference!r}")
-    # logit(mean_e sigmoid(s_e)) = log(sum_e sigmoid(s_e)) - log(sum_e sigmoid(-s_e))
-    return torch.logsumexp(F.logsigmoid(s), dim=0) - torch.logsumexp(F.logsigmoid(-s), dim=0)
+    # logit(sum_e w_e sigmoid(s_e)) = log(sum_e w_e sigmoid(s_e)) - log(sum_e w_e sigmoid(-s_e))
+    log_w = torch.log(w)
+    return torch.logsumexp(log_w + F.logsigmoid(s), dim=0) - torch.logsumexp(log_w + F.logsigmoid(-s), dim=0)
+
+
+def simplex_grid(experts: int, step: float) -> np.ndarray:
+    """Weight vectors on the simplex with entries in multiples of ``step``, nearest to uniform first."""
+    k = int(round(1 / step))
+    points = [p for p in itertools.product(range(k + 1), repeat=experts) if sum(p) == k]
+    grid = np.array(points, dtype=np.float64) / k
+    return grid[np.argsort(np.abs(grid - 1.0 / experts).sum(axis=1), kind="stable")]
+
+
+def choose_expert_weights(logits: list, targets: np.ndarray, step: float = 0.1) -> tuple:
+    """``(weights, mAP)``: the :func:`simplex_grid` point whose probability average has the highest mAP on
+    ``targets`` (ties: nearest to uniform)."""
+    s = [torch.from_numpy(np.asarray(v, dtype=np.float32)) for v in logits]
+    best, best_map = None, -1.0
+    for w in simplex_grid(len(s), step):
+        score = float(average_precision(combine_experts(s, "probabilities", w).numpy(), targets).mean())
+        if score > best_map:
+            best, best_map = w, score
+    return best, best_map
 
 
 # --------------------------------------------------------------------------- model
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module):
+    """``module`` in eval mode (BatchNorm running statistics, no updates) for the block, then back."""
+    was = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was)
+
 
 def _framewise_bn(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
     b, t, d = x.shape
@@ -250,14 +301,13 @@ class Expert(nn.Module):
             pooled = _framewise_bn(self.sigma_bn, self.sigma_fc(r.abs())).mean(dim=1)
         return F.softplus(pooled)
 
-    def forward(self, h: torch.Tensor, noise: torch.Tensor | None = None) -> dict:
-        """``mu``, ``sigma`` (only when ``noise`` is given), ``z`` and ``logits`` for trunk output ``h``."""
+    def forward(self, h: torch.Tensor, noise: torch.Tensor | None = None, spread: bool | None = None) -> dict:
+        """``mu``, ``sigma`` (when ``spread``; default: when ``noise`` is given), ``z = mu + noise * sigma``
+        (``z = mu`` without noise) and ``logits = psi_e(z)`` for trunk output ``h``."""
         h_e = self.frames(h)
         mu = self.mean(h_e)
-        if noise is None:
-            return {"mu": mu, "sigma": None, "z": mu, "logits": self.classifier(mu)}
-        sigma = self.spread(h_e, mu)
-        z = mu + noise.to(device=mu.device, dtype=mu.dtype) * sigma
+        sigma = self.spread(h_e, mu) if (noise is not None if spread is None else spread) else None
+        z = mu if noise is None else mu + noise.to(device=mu.device, dtype=mu.dtype) * sigma
         return {"mu": mu, "sigma": sigma, "z": z, "logits": self.classifier(z)}
 
 
@@ -276,22 +326,37 @@ class MedcModel(nn.Module):
         self.experts = nn.ModuleDict({
             name: Expert(self.trunk.out_dim, medc.expert_dim, num_classes, medc.temporal_attention)
             for name in names})
-        self.loss_logits = None
+        self.loss_logits = self.combine_logits = None
         if medc.learnable_weights:
             lam = np.array([medc.lambda_mu, medc.lambda_cls, medc.lambda_sigma], dtype=np.float64)
             init = np.log(np.maximum(lam / lam.sum(), 1e-8)) if lam.sum() > 0 else np.zeros(3)
             self.loss_logits = nn.Parameter(torch.tensor(init, dtype=torch.float32))
+        if medc.inference == "learned":
+            self.combine_logits = nn.Parameter(torch.zeros(len(names)))
+        if medc.inference == "val":  # set after training by Medc.calibrate, saved in the checkpoint
+            self.register_buffer("val_weights", torch.full((len(names),), 1.0 / len(names)))
 
     def loss_weights(self) -> torch.Tensor:
         """Softmax-normalised learnable weights of (L_mu, L_cls, L_sigma); only with learnable_weights."""
         return F.softmax(self.loss_logits, dim=0)
 
+    def expert_weights(self) -> torch.Tensor | None:
+        """Weights of the experts in the combination (learned / val), None for the uniform average."""
+        if self.inference == "learned":
+            return F.softmax(self.combine_logits, dim=0)
+        return self.val_weights if self.inference == "val" else None
+
     def expert_logits(self, x: torch.Tensor) -> dict:
+        """``psi_e(mu_e)`` of every expert (evaluation path), by name."""
         h = self.trunk(x)
         return {name: expert(h)["logits"] for name, expert in self.experts.items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return combine_experts(list(self.expert_logits(x).values()), self.inference)
+        mode = "logits" if self.inference == "logits" else "probabilities"
+        return combine_experts(list(self.expert_logits(x).values()), mode, self.expert_weights())
+
+
+STREAM_MODES = {"uni": "cbs", "inv": "inv"}  # expert -> ClassAwareSampler mode of its own batch stream
 
 
 class Medc(Recipe):
@@ -300,16 +365,19 @@ class Medc(Recipe):
     def __init__(self, name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts,
                  options: dict | None = None):
         self.name, self.cfg, self.options = name, cfg, options or {}
-        self.medc = self.section("medc", MedcConfig)
-        move = self.section("move", MoveConfig)
+        self.medc = medc = self.section("medc", MedcConfig)
         counts = count_vector(class_counts)
         if counts.shape != (num_classes,):
             raise ValueError(f"class_counts has shape {counts.shape}, expected ({num_classes},)")
-        self.model = MedcModel(in_dim, num_classes, self.medc, move)
+        self.model = MedcModel(in_dim, num_classes, medc, self.section("move", MoveConfig))
         names = list(self.model.experts)
+        self.streams = ({e: STREAM_MODES[e] for e in names if e in STREAM_MODES}
+                        if medc.expert_input == "sample" else {})
         self.class_weights = {e: torch.tensor(expert_class_weights(counts, e), dtype=torch.float32) for e in names}
-        self.gammas = {e: torch.tensor(region_targets(counts, e), dtype=torch.float32) for e in names}
+        self.gammas = {e: torch.tensor(region_targets(counts, e, medc.region_a, medc.region_b), dtype=torch.float32)
+                       for e in names}
         self.last: dict = {}
+        self.metrics: dict = {}
 
     def clip_parameters(self):
         """``train.grad_clip`` (if set) applies to every parameter, as for the late-average baselines."""
@@ -328,31 +396,90 @@ class Medc(Recipe):
         rows = torch.multinomial(per_video.to(device), y.shape[0], replacement=True, generator=generator)
         return rows.to(y.device)
 
-    def training_loss(self, x, y, chosen, generator):
+    def expert_inputs(self, x, y, generator, streams) -> tuple:
+        """``(trunk output, its targets, {expert: (its rows of the trunk output, targets, BCE class weight
+        or None)})`` by ``medc.expert_input``; the trunk runs once, on the rows some expert uses."""
+        mode = self.medc.expert_input
+        if mode == "sample":
+            if streams is None and self.streams:
+                raise ValueError("medc.expert_input=sample needs the batch streams of the training loop")
+            streams = streams or self.stream_rows([len(y)])
+            own = {e: streams[e if e in self.streams else "main"] for e in self.model.experts}
+            used = list(dict.fromkeys((s.start, s.stop) for s in own.values()))  # rows the trunk sees
+            h = self.model.trunk(torch.cat([x[a:b] for a, b in used]) if len(used) > 1 else x[slice(*used[0])])
+            offset = dict(zip(used, np.cumsum([0] + [b - a for a, b in used]).tolist()))
+            rows = {e: slice(offset[(s.start, s.stop)], offset[(s.start, s.stop)] + s.stop - s.start)
+                    for e, s in own.items()}
+            y_h = torch.cat([y[a:b] for a, b in used])
+            return h, y_h, {e: (h[rows[e]], y[own[e]], None) for e in own}
+        h, out = self.model.trunk(x), {}
+        for e in self.model.experts:
+            if mode == "reweight":
+                out[e] = (h, y, self.class_weights[e].to(y.device))
+            elif e == "lt":
+                out[e] = (h, y, None)
+            else:  # batch_resample
+                rows = self.resample_rows(y, e, generator)
+                self.last[f"{e}_rows"] = rows
+                out[e] = (h[rows], y[rows], None)
+        return h, y, out
+
+    def training_loss(self, x, y, chosen, generator, streams=None):
         model, medc = self.model, self.medc
-        h = model.trunk(x)
+        self.last = {}
+        h, y_h, inputs = self.expert_inputs(x, y, generator, streams)
         device = generator.device if generator is not None else torch.device("cpu")
-        l_mu = l_cls = l_sigma = 0.0
-        info = {}
+        totals, metrics = {"l_mu": 0.0, "l_cls": 0.0, "l_sigma": 0.0}, {}
         for name, expert in model.experts.items():
-            h_e, y_e, weight = h, y, self.class_weights[name].to(y.device)
-            if medc.expert_input == "resample":
-                weight = None
-                if name != "lt":
-                    rows = self.resample_rows(y, name, generator)
-                    h_e, y_e = h[rows], y[rows]
-                    info[f"{name}_rows"] = rows
-            noise = torch.randn((x.shape[0], expert.dim), generator=generator, device=device)
-            out = expert(h_e, noise)
-            l_cls = l_cls + F.binary_cross_entropy_with_logits(out["logits"].float(), y_e.float(), weight=weight)
-            l_mu = l_mu + sorting_loss(out["mu"], y_e, medc.tau)
-            l_sigma = l_sigma + region_loss(out["sigma"], y_e, self.gammas[name])
-            info[name] = {k: v.detach() for k, v in out.items()}
-        if model.loss_logits is not None:
-            w = model.loss_weights()
-        else:
-            w = (medc.lambda_mu, medc.lambda_cls, medc.lambda_sigma)
-        total = w[0] * l_mu + w[1] * l_cls + w[2] * l_sigma
-        info.update(l_mu=l_mu.detach(), l_cls=l_cls.detach(), l_sigma=l_sigma.detach())
-        self.last = info
+            h_e, y_e, weight = inputs[name]
+            noise = (torch.randn((h_e.shape[0], expert.dim), generator=generator, device=device)
+                     if medc.noise else None)
+            out = expert(h_e, noise, spread=True)
+            terms = {"l_cls": classification_loss(out["logits"], y_e, weight, medc.cls_reduction),
+                     "l_mu": sorting_loss(out["mu"], y_e, medc.tau),
+                     "l_sigma": region_loss(out["sigma"], y_e, self.gammas[name])}
+            for key, value in terms.items():
+                totals[key] = totals[key] + value
+                metrics[f"{key}/{name}"] = value.detach()
+            metrics[f"positives/{name}"] = anchors_with_positives(y_e)
+            self.last[name] = {k: v.detach() for k, v in out.items()}
+        w = model.loss_weights() if model.loss_logits is not None else (medc.lambda_mu, medc.lambda_cls,
+                                                                            medc.lambda_sigma)
+        total = w[0] * totals["l_mu"] + w[1] * totals["l_cls"] + w[2] * totals["l_sigma"]
+        if model.combine_logits is not None:
+            total = total + self.combination_loss(h, y_h, metrics)
+        self.last.update({k: v.detach() for k, v in totals.items()})
+        self.metrics = metrics
         return total
+
+    def combination_loss(self, h: torch.Tensor, y: torch.Tensor, metrics: dict) -> torch.Tensor:
+        """``inference=learned``: BCE of the softmax-weighted probability average of the experts'
+        evaluation-path logits (eval mode, no gradient into the experts or the trunk) on every row the
+        trunk saw; it trains only the combination weights."""
+        with torch.no_grad(), evaluating(self.model.experts):
+            logits = [expert(h.detach())["logits"] for expert in self.model.experts.values()]
+        weights = self.model.expert_weights()
+        for name, value in zip(self.model.experts, weights):
+            metrics[f"weight/{name}"] = value.detach()
+        return classification_loss(combine_experts(logits, "probabilities", weights), y, None,
+                                   self.medc.cls_reduction)
+
+    def step_metrics(self) -> dict:
+        """Per-expert loss terms (``l_cls/<expert>``, ``l_mu/...``, ``l_sigma/...``), the share of videos
+        with a positive for the sorting loss (``positives/<expert>``) and learned combination weights."""
+        return self.metrics
+
+    def experts(self, x: torch.Tensor) -> dict:
+        """Each expert's evaluation-path logits ``psi_e(mu_e)``."""
+        return self.model.expert_logits(x)
+
+    def calibrate(self, selection_experts) -> dict:
+        """``inference=val``: the expert weights on a simplex grid (step ``val_step``) that maximise the
+        selection split's mAP, stored in the model (``val_weights``)."""
+        if self.medc.inference != "val":
+            return {}
+        logits, targets = selection_experts()
+        names = list(self.model.experts)
+        weights, best = choose_expert_weights([logits[n] for n in names], targets, self.medc.val_step)
+        self.model.val_weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
+        return {"expert_weights": dict(zip(names, weights.round(6).tolist())), "selection_mAP": best}

@@ -69,15 +69,17 @@ def run_train(cfg: TrainConfig, extract_dir: Path, split_dir: Path, run_dir: Pat
     best = trainer.fit()
     if not distributed.is_main():  # rank 0 writes the predictions and the manifest
         return {}, []
-    logits = trainer.predict_best("test")
+    calibration = trainer.calibrate()
+    logits, experts = trainer.predict_best("test")
+    experts = {f"expert_{k}": scores_for_metrics(v, cfg) for k, v in experts.items()}
     test = trainer.splits["test"]
     with atomic_path(Path(run_dir) / PREDICTIONS) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, scores=scores_for_metrics(logits, cfg), video_ids=np.array(test.video_ids, dtype=str), method=method,
-                 select_on=cfg.select_on, seed=seed)
+                 select_on=cfg.select_on, seed=seed, **experts)
     summary = {"method": method, "head": cfg.head, "best_epoch": best["epoch"], "select_on": cfg.select_on,
                "selection_metrics": {k: v for k, v in best.items() if k != "epoch"}, "mAP": best["mAP"],
                "epochs": cfg.epochs, "resumed": resumed, "feature_cache": bank.cache,
                "parameters": sum(p.numel() for p in recipe.model.parameters()),
                "seconds_per_epoch": float(np.mean([r["seconds"] for r in trainer.history])),
-               "checkpoint": checkpoints.BEST}
+               "checkpoint": checkpoints.BEST, **({"calibration": calibration} if calibration else {})}
     return summary, [PREDICTIONS, checkpoints.BEST, checkpoints.LAST, "log.jsonl"]

@@ -81,6 +81,36 @@ def test_stage_outputs_match_the_metrics(evaluated):
     assert f"{expected['mAP']:.3f}" in table and "model selected on val" in table
 
 
+def test_each_expert_is_scored_alone(evaluated, tmp_path):
+    work, scores, targets, args, path = evaluated
+    assert "experts" not in json.loads((work / "evaluate" / "baseline" / "metrics.json").read_text())
+    assert "## Experts" not in (work / "evaluate" / "baseline" / "results.md").read_text()
+    with np.load(path) as data:
+        ids, order = data["video_ids"], data["scores"]
+    rng = np.random.default_rng(1)
+    perfect = targets * 5.0 - 2.0  # the split's order; the file's rows follow the same permutation as scores
+    lookup = {tuple(row): i for i, row in enumerate(scores)}
+    rows = np.array([lookup[tuple(r)] for r in order])  # where each file row sits in the split's order
+    noisy = rng.normal(size=scores.shape).astype(np.float32)
+    experts = {"expert_lt": perfect[rows].astype(np.float32), "expert_inv": noisy[rows]}
+    np.savez(tmp_path / "medc.npz", scores=order, video_ids=ids, method="medc", select_on="val", seed=7, **experts)
+    assert main(["run", "-q", "--stage", "evaluate", *args, "--set", f"evaluate.predictions={tmp_path / 'medc.npz'}"]) == 0
+    document = json.loads((work / "evaluate" / "baseline" / "metrics.json").read_text())
+    assert set(document["experts"]) == {"lt", "inv"}
+    assert document["experts"]["lt"]["mAP"] == pytest.approx(1.0) and document["experts"]["lt"]["acc1"] == 1.0
+    expected = metrics.compute(noisy, targets, [501, 500, 101, 100, 3], head=500, tail=100)
+    for key in ("mAP", "head", "medium", "tail", "acc1", "acc5"):
+        assert document["experts"]["inv"][key] == pytest.approx(expected[key], abs=1e-12)
+    assert set(document["experts"]["inv"]["profiles"]) == {"as_is", "uniform", "long_tailed", "inverse"}
+    rows = profiles.resample(targets, "inverse", [501, 500, 101, 100, 3], document["profile_seed"])
+    inverse = metrics.compute(perfect[rows], targets[rows], [501, 500, 101, 100, 3], head=500, tail=100)
+    assert document["experts"]["lt"]["profiles"]["inverse"]["mAP"] == pytest.approx(inverse["mAP"])
+    table = (work / "evaluate" / "baseline" / "results.md").read_text()
+    assert "## Experts" in table and "| lt | 1.000 |" in table and "| combination |" in table
+    np.savez(tmp_path / "bad.npz", scores=order, video_ids=ids, expert_lt=order[:, :4])
+    assert main(["run", "-q", "--stage", "evaluate", *args, "--set", f"evaluate.predictions={tmp_path / 'bad.npz'}"]) == 2
+
+
 def test_plot_is_a_png_with_the_group_colours(evaluated):
     with Image.open(evaluated[0] / "evaluate" / "baseline" / "ap_vs_frequency.png") as png:
         assert png.format == "PNG"

@@ -14,13 +14,18 @@ from recipe_testutils import C, D, T, batch, step
 from train import methods
 from train.checkpoints import load
 from train.config import MedcConfig, MoveConfig, TrainConfig
+from evaluate.metrics import average_precision
 from train.medc import (
     Medc,
+    anchors_with_positives,
+    choose_expert_weights,
+    classification_loss,
     combine_experts,
     expert_class_weights,
     region_loss,
     region_targets,
     resort,
+    simplex_grid,
     sorting_loss,
 )
 
@@ -197,8 +202,9 @@ def test_aggregator_trunk():
     assert recipe.model(torch.randn(2, 30, D)).shape == (2, C)
 
 
-def test_resampled_expert_inputs():
-    recipe = make(counts=np.array([1000, 1, 50, 50, 50, 50]), expert_input="resample")
+def test_batch_resampled_expert_inputs():
+    recipe = make(counts=np.array([1000, 1, 50, 50, 50, 50]), expert_input="batch_resample")
+    assert recipe.streams == {}
     x, y = batch(10, labels=[0] * 9 + [1])
     loss = step(recipe, x, y)
     assert torch.isfinite(loss)
@@ -211,6 +217,161 @@ def test_resampled_expert_inputs():
     share = torch.stack([recipe.resample_rows(y, "uni", g) for _ in range(50)]).eq(9).float().mean()
     assert share > 0.9
     loss.backward()
+
+
+def test_sampled_experts_each_train_on_their_own_stream():
+    recipe = make()
+    assert recipe.streams == {"uni": "cbs", "inv": "inv"}
+    x, y = batch(8)
+    uni = batch(8, seed=1, labels=[5] * 8)
+    inv = batch(6, seed=2, labels=[4] * 6)
+    x_all = torch.cat([x, uni[0], inv[0]]).requires_grad_(True)
+    y_all = torch.cat([y, uni[1], inv[1]])
+    rows = recipe.stream_rows([8, 8, 6])
+    assert rows == {"main": slice(0, 8), "uni": slice(8, 16), "inv": slice(16, 22)}
+    recipe.model.train()
+    loss = recipe.training_loss(x_all, y_all, torch.full((22,), -1), torch.Generator().manual_seed(0), streams=rows)
+    for name, n, targets in (("lt", 8, y), ("uni", 8, uni[1]), ("inv", 6, inv[1])):
+        logits = recipe.last[name]["logits"]
+        assert logits.shape == (n, C)
+        by_hand = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(1).mean()
+        assert recipe.step_metrics()[f"l_cls/{name}"].item() == pytest.approx(by_hand.item(), rel=1e-5)
+    loss.backward()
+    grad = x_all.grad.abs().flatten(1).sum(1)
+    assert torch.all(grad > 0)  # the shared trunk sees every stream
+    # the uni expert's loss depends on the uni rows' targets only
+    y_other = y_all.clone()
+    y_other[8:16] = torch.roll(y_other[8:16], 1, dims=1)
+    before = {k: v.item() for k, v in recipe.step_metrics().items()}
+    recipe.training_loss(x_all.detach(), y_other, torch.full((22,), -1), torch.Generator().manual_seed(0), streams=rows)
+    after = {k: v.item() for k, v in recipe.step_metrics().items()}
+    assert after["l_cls/uni"] != before["l_cls/uni"]
+    assert after["l_cls/lt"] == before["l_cls/lt"] and after["l_cls/inv"] == before["l_cls/inv"]
+
+
+def test_single_sampled_expert_trunk_sees_only_its_stream():
+    recipe = make(experts=["inv"])
+    assert recipe.streams == {"inv": "inv"}
+    x, y = batch(8)
+    x_all = torch.cat([x, batch(8, seed=3)[0]]).requires_grad_(True)
+    recipe.model.train()
+    loss = recipe.training_loss(x_all, torch.cat([y, y]), torch.full((16,), -1), torch.Generator().manual_seed(0),
+                                streams=recipe.stream_rows([8, 8]))
+    loss.backward()
+    grad = x_all.grad.abs().flatten(1).sum(1)
+    assert torch.all(grad[:8] == 0) and torch.all(grad[8:] > 0)
+    assert set(recipe.step_metrics()) == {"l_cls/inv", "l_mu/inv", "l_sigma/inv", "positives/inv"}
+    with pytest.raises(ValueError, match="batch streams"):
+        recipe.training_loss(x, y, torch.full((8,), -1), torch.Generator().manual_seed(0))
+
+
+def test_classification_loss_reductions_by_hand():
+    logits = torch.tensor([[0.0, 2.0], [-1.0, 0.0]])
+    y = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    terms = [math.log(2), math.log(1 + math.exp(2)), math.log(1 + math.exp(-1)), math.log(2)]
+    assert classification_loss(logits, y, reduction="sum").item() == pytest.approx((terms[0] + terms[1]
+                                                                                    + terms[2] + terms[3]) / 2)
+    assert classification_loss(logits, y, reduction="mean").item() == pytest.approx(sum(terms) / 4)
+    weight = torch.tensor([2.0, 0.5])
+    weighted = (2 * terms[0] + 0.5 * terms[1] + 2 * terms[2] + 0.5 * terms[3]) / 2
+    assert classification_loss(logits, y, weight, "sum").item() == pytest.approx(weighted)
+
+
+def test_cls_reduction_switch_changes_the_loss_scale():
+    x, y = batch()
+    sums, means = make(), make(cls_reduction="mean")
+    means.model.load_state_dict(sums.model.state_dict())
+    step(sums, x, y)
+    step(means, x, y)
+    for e in ("lt", "uni", "inv"):  # same weights and rows: sum over classes = C x the mean over B x C
+        assert sums.step_metrics()[f"l_cls/{e}"].item() == pytest.approx(C * means.step_metrics()[f"l_cls/{e}"].item(),
+                                                                         rel=1e-5)
+
+
+def test_anchors_with_positives_by_hand():
+    y = torch.tensor([[1.0, 0, 0], [1.0, 1, 0], [0, 0, 1.0], [0, 1.0, 0]])  # 0-1 share, 1-3 share, 2 alone
+    assert anchors_with_positives(y).item() == pytest.approx(0.75)
+    assert anchors_with_positives(torch.eye(3)).item() == 0
+
+
+def test_noise_switch():
+    x, y = batch()
+    noisy, plain = make(), make(noise=False)
+    plain.model.load_state_dict(noisy.model.state_dict())
+    assert step(noisy, x, y, 1).item() != step(noisy, x, y, 2).item()
+    assert step(plain, x, y, 1).item() == step(plain, x, y, 2).item()  # nothing random without noise
+    for e in ("lt", "uni", "inv"):
+        out = plain.last[e]
+        assert torch.equal(out["z"], out["mu"]) and torch.all(out["sigma"] > 0)  # sigma still gets L_sigma
+
+
+def test_region_bounds_switch():
+    recipe = make(region_a=0.2, region_b=0.6)
+    np.testing.assert_allclose(recipe.gammas["lt"].numpy(), region_targets(COUNTS, "lt", 0.2, 0.6), rtol=1e-6)
+    assert recipe.gammas["lt"].max().item() == pytest.approx(0.6) and recipe.gammas["lt"].min().item() == pytest.approx(0.2)
+    assert recipe.gammas["inv"][0].item() == pytest.approx(0.2)  # the most frequent class gets the smallest region
+    with pytest.raises(ValueError, match="region_a"):
+        MedcConfig(region_a=1.0, region_b=0.5)
+
+
+def test_learned_combination_trains_only_its_weights():
+    recipe = make(inference="learned", lambda_mu=0, lambda_cls=0, lambda_sigma=0)
+    x, y = batch()
+    loss = step(recipe, x, y)
+    weights = recipe.model.expert_weights()
+    np.testing.assert_allclose(weights.detach().numpy(), [1 / 3] * 3, rtol=1e-6)
+    loss.backward()  # with every lambda 0 the loss is the combination's BCE alone
+    assert recipe.model.combine_logits.grad is not None and recipe.model.combine_logits.grad.abs().sum() > 0
+    assert all(p.grad is None or torch.all(p.grad == 0) for n, p in recipe.model.named_parameters()
+               if n != "combine_logits")
+    assert recipe.model.experts["lt"].mu_bn.num_batches_tracked.item() == 1  # eval-mode pass: no BN update
+    assert {"weight/lt", "weight/uni", "weight/inv"} <= set(recipe.step_metrics())
+    with torch.no_grad():
+        recipe.model.combine_logits.copy_(torch.tensor([0.0, 50.0, 0.0]))
+    recipe.model.eval()
+    with torch.no_grad():
+        alone = recipe.model.expert_logits(x)["uni"]
+        assert torch.allclose(recipe.model(x), alone, atol=1e-3)
+
+
+def test_simplex_grid_and_val_weights():
+    grid = simplex_grid(3, 0.1)
+    assert grid.shape == (66, 3) and np.allclose(grid.sum(1), 1) and np.all(grid >= 0)
+    assert len({tuple(p) for p in grid.round(6)}) == 66
+    np.testing.assert_allclose(grid[0], [0.3, 0.3, 0.4])  # nearest to uniform first
+    rng = np.random.default_rng(0)
+    targets = np.eye(4, dtype=np.uint8)[rng.integers(0, 4, 200)]
+    good = targets * 4.0 + rng.normal(size=targets.shape)  # informative
+    noise = rng.normal(size=targets.shape) * 5  # uninformative
+    weights, best = choose_expert_weights([noise, good, noise * -1], targets, 0.5)
+    np.testing.assert_allclose(weights, [0, 1, 0])
+    assert best == pytest.approx(average_precision(good, targets).mean())
+
+
+def test_val_inference_calibrates_and_uses_the_chosen_weights():
+    recipe = make(inference="val")
+    x, y = batch()
+    step(recipe, x, y).backward()
+    assert make().calibrate(lambda: pytest.fail("probabilities inference fits nothing")) == {}
+    targets = y.numpy().astype(np.uint8)
+    spikes = np.full(targets.shape, -20.0, dtype=np.float32), np.full(targets.shape, -20.0, dtype=np.float32)
+    spikes[0][1, 0] = spikes[1][2, 1] = 20.0  # any weight on lt / inv puts a negative above class 0's / 1's positives
+    logits = {"lt": spikes[0], "uni": targets * 0.2 - 0.1, "inv": spikes[1]}
+    chosen = recipe.calibrate(lambda: (logits, targets))
+    assert chosen["expert_weights"] == {"lt": 0.0, "uni": 1.0, "inv": 0.0} and chosen["selection_mAP"] == 1.0
+    assert "val_weights" in recipe.model.state_dict()
+    recipe.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(recipe.model(x), recipe.model.expert_logits(x)["uni"], atol=1e-4)
+
+
+def test_schedule_section_overrides_train_settings():
+    train = TrainConfig(epochs=30, lr=0.001, lr_steps=[20], batch_size=64)
+    paper = MedcConfig().schedule(train)
+    assert (paper.epochs, paper.lr, paper.lr_steps, paper.batch_size) == (120, 1e-4, [], 128)
+    inherit = MedcConfig(epochs=None, lr=None, lr_steps=None, batch_size=None).schedule(train)
+    assert inherit == train
+    assert MedcConfig(epochs=7, lr=None, lr_steps=None, batch_size=None).schedule(train).epochs == 7
 
 
 def test_same_generator_seed_same_loss():
@@ -231,7 +392,8 @@ def synthetic(n=60, classes=4, dim=16, frames=8, seed=0):
     return x, F.one_hot(labels, classes).float()
 
 
-@pytest.mark.parametrize("medc", [{}, {"expert_input": "resample", "temporal_attention": False}])
+@pytest.mark.parametrize("medc", [{}, {"expert_input": "batch_resample", "temporal_attention": False},
+                                  {"expert_input": "reweight", "cls_reduction": "mean"}])
 def test_training_loss_decreases(medc):
     torch.manual_seed(0)
     x, y = synthetic()
@@ -255,26 +417,82 @@ def test_training_loss_decreases(medc):
     assert accuracy > 0.9
 
 
+MEDC_FAST = ["--set", "train.method=medc", "--set", "medc.epochs=3", "--set", "medc.batch_size=16",
+             "--set", "train.train_frames=6", "--set", "train.eval_frames=10", "--set", "medc.trunk_dim=32",
+             "--set", "medc.expert_dim=16", "--set", "move.vlad_hidden=16", "--set", "move.clusters=4",
+             "--set", "medc.lr=0.003", "--no-progress", "-q"]
+
+
 @pytest.mark.parametrize("extra", [[], ["--set", "medc.trunk=aggregators", "--set", "medc.inference=logits"]])
 def test_medc_runs_through_the_train_stage(tmp_path, extra, feature_work_dir):
     from pipeline.cli import main
 
     run = tmp_path / "run"
     args = feature_work_dir(run)
-    argv = ["run", "--stage", "train", *args, "--set", "train.method=medc", "--set", "train.epochs=3",
-            "--set", "train.batch_size=16", "--set", "train.train_frames=6", "--set", "train.eval_frames=10",
-            "--set", "medc.trunk_dim=32", "--set", "medc.expert_dim=16", "--set", "move.vlad_hidden=16",
-            "--set", "move.clusters=4", "--set", "train.lr=0.003", *extra, "--no-progress", "-q"]
+    argv = ["run", "--stage", "train", *args, *MEDC_FAST, *extra]
     assert main(argv) == 0
-    log = [json.loads(line) for line in (run / "train" / "medc" / "log.jsonl").read_text().splitlines()]
+    folder = run / "train" / "medc"
+    log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     assert len(log) == 3 and all(np.isfinite(r["loss"]) for r in log)
-    with np.load(run / "train" / "medc" / "predictions.npz") as pred:
+    for name in ("lt", "uni", "inv"):  # per-epoch means of every loss term, per expert
+        assert all(np.isfinite(r[f"{term}/{name}"]) for r in log for term in ("l_cls", "l_mu", "l_sigma"))
+        assert all(0 <= r[f"positives/{name}"] <= 1 for r in log)
+    with np.load(folder / "predictions.npz") as pred:
         assert pred["scores"].shape == (16, 4) and np.isfinite(pred["scores"]).all()
-    keys = load(run / "train" / "medc" / "best.pt")["model"].keys()
+        assert all(pred[f"expert_{e}"].shape == (16, 4) for e in ("lt", "uni", "inv"))
+    keys = load(folder / "best.pt")["model"].keys()
     assert {f"experts.{e}.classifier.weight" for e in ("lt", "uni", "inv")} <= set(keys)
     assert ("trunk.psa.w_qs.weight" in keys) == bool(extra)
+    config = json.loads((folder / "manifest.json").read_text())["config"]
+    assert (config["epochs"], config["batch_size"], config["lr"], config["lr_steps"]) == (3, 16, 0.003, [])
     if not extra:  # bit-reproducible on CPU: a forced re-run gives the same weights
-        first = load(run / "train" / "medc" / "last.pt")["model"]
+        first = load(folder / "last.pt")["model"]
         assert main([*argv, "--force"]) == 0
-        second = load(run / "train" / "medc" / "last.pt")["model"]
+        second = load(folder / "last.pt")["model"]
         assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_medc_schedule_follows_train_when_null(tmp_path, feature_work_dir):
+    from pipeline.cli import main
+
+    run = tmp_path / "run"
+    args = feature_work_dir(run)
+    nulls = [a for k in ("epochs", "batch_size", "lr", "lr_steps") for a in ("--set", f"medc.{k}=null")]
+    assert main(["run", "--stage", "train", *args, *MEDC_FAST, *nulls, "--set", "train.epochs=2",
+                 "--set", "train.batch_size=20", "--set", "train.lr=0.002", "--set", "train.lr_steps=[1]",
+                 "--set", "medc.experts=[lt]"]) == 0
+    config = json.loads((run / "train" / "medc" / "manifest.json").read_text())["config"]
+    assert (config["epochs"], config["batch_size"], config["lr"], config["lr_steps"]) == (2, 20, 0.002, [1])
+    log = [json.loads(line) for line in (run / "train" / "medc" / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in log] == [pytest.approx(2e-3), pytest.approx(2e-4)]
+
+
+def test_medc_val_weights_are_chosen_and_stored(tmp_path, feature_work_dir):
+    from pipeline.cli import main
+
+    run = tmp_path / "run"
+    args = feature_work_dir(run)
+    assert main(["run", "--stage", "train", *args, *MEDC_FAST, "--set", "medc.inference=val"]) == 0
+    folder = run / "train" / "medc"
+    summary = json.loads((folder / "manifest.json").read_text())["summary"]
+    weights = summary["calibration"]["expert_weights"]
+    assert set(weights) == {"lt", "uni", "inv"} and sum(weights.values()) == pytest.approx(1)
+    stored = load(folder / "best.pt")["model"]["val_weights"]
+    np.testing.assert_allclose(stored.numpy(), [weights[e] for e in ("lt", "uni", "inv")], atol=1e-6)
+
+
+def test_interrupted_medc_resumes_to_the_same_weights(tmp_path, feature_work_dir):
+    from test_train_stage import interrupted_at_epoch
+
+    from pipeline.cli import main
+
+    run = tmp_path / "run"
+    argv = ["run", "--stage", "train", *feature_work_dir(run), *MEDC_FAST, "--set", "medc.epochs=4"]
+    assert main(argv) == 0
+    uninterrupted = load(run / "train" / "medc" / "last.pt")["model"]
+    with interrupted_at_epoch(2):
+        assert main([*argv, "--force"]) == 130
+    assert load(run / "train" / "medc" / "last.pt")["epoch"] == 2
+    assert main(argv) == 0
+    resumed = load(run / "train" / "medc" / "last.pt")["model"]
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in resumed)
