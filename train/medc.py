@@ -1,6 +1,5 @@
-"""MEDC (Hu, Gao, Xu, TMM'23): multi-expert distribution calibration, as specified in
-/work/shared/spec/MEDC.md (our reading of the paper; every interpretation is listed in
-docs/decisions.md, section "MEDC").
+"""MEDC (Hu, Gao, Xu, TMM'23): multi-expert distribution calibration (no public code; our reading of
+the paper, every interpretation and its evidence in docs/decisions.md, section "MEDC").
 
 Model (:class:`MedcModel`):
 
@@ -13,30 +12,44 @@ Model (:class:`MedcModel`):
   centred frames ``r_t = h_{e,t} - mu``: temporal attention ``A = softmax(f_q(r) f_k(r)^T / sqrt(d))``,
   ``sigma = softplus(mean_t (A f_v(|r|))_t)`` (``medc.temporal_attention=false``:
   ``softplus(mean_t BN(FC(|r_t|)))``); classifier ``psi_e = Linear(d->C)``.
-* training ``z = mu + eps * sigma`` (``eps ~ N(0, I)`` from the batch generator), evaluation ``z = mu``.
-* ``forward(x)`` (the evaluation / prediction path) combines the experts' ``psi_e(mu_e)``:
-  ``medc.inference=probabilities`` returns ``logit(mean_e sigmoid(s_e))`` computed exactly as
-  ``logsumexp_e logsigmoid(s_e) - logsumexp_e logsigmoid(-s_e)`` (finite, no clamping, so rankings are
-  not flattened by saturation); ``logits`` returns ``mean_e s_e``.
+* training ``z = mu + eps * sigma`` (``eps ~ N(0, I)`` from the batch generator; ``medc.noise=false``:
+  ``z = mu``), evaluation ``z = mu``.
+* ``forward(x)`` (the evaluation / prediction path) combines the experts' ``psi_e(mu_e)``
+  (:func:`combine_experts`): ``medc.inference=probabilities`` returns ``logit(mean_e sigmoid(s_e))``
+  computed exactly as ``logsumexp_e logsigmoid(s_e) - logsumexp_e logsigmoid(-s_e)`` (finite, no
+  clamping, so rankings are not flattened by saturation); ``logits`` returns ``mean_e s_e``; ``learned``
+  and ``val`` weight the probability average by ``softmax(combine_logits)`` (trained by a BCE on the
+  combination of detached evaluation-path expert logits) or by ``val_weights`` (chosen after training
+  on the selection split's mAP over a simplex grid, :func:`choose_expert_weights`).
+
+What the experts see (``medc.expert_input``):
+
+* ``sample`` (default): each expert trains on its own batch stream drawn from the whole training set
+  every step (the training loop's extra streams, :attr:`Medc.streams`): ``lt`` the loop's shuffled
+  batch, ``uni`` class-balanced draws, ``inv`` classes drawn ∝ ``resort(n)`` (``train.samplers``).
+  The trunk runs once on the rows of every stream an expert uses.
+* ``reweight`` (ablation): one shared batch, per-class BCE weights :func:`expert_class_weights`.
+* ``batch_resample`` (ablation): the trunk runs once on the batch; ``lt`` sees it as is, ``uni`` / ``inv``
+  see B rows re-drawn with replacement (``torch.multinomial`` with the generator) with per-video
+  probability proportional to the mean over its labels of that expert's class weight.
 
 Loss (:meth:`Medc.training_loss`), summed over the experts:
 ``lambda_mu * L_mu + lambda_cls * L_cls + lambda_sigma * L_sigma`` with
 
-* ``L_cls,e``: BCE-with-logits weighted per class by :func:`expert_class_weights` (mean over B x C);
+* ``L_cls,e``: :func:`classification_loss`, BCE-with-logits summed over classes and averaged over the
+  expert's videos (``medc.cls_reduction=mean``: mean over B x C);
 * ``L_mu,e``: :func:`sorting_loss` (supervised contrastive on L2-normalised ``mu``, temperature tau);
-* ``L_sigma,e``: :func:`region_loss` with the per-class targets of :func:`region_targets`.
+* ``L_sigma,e``: :func:`region_loss` with the per-class targets of :func:`region_targets`
+  (``medc.region_a`` / ``region_b``).
 
 ``medc.learnable_weights=true`` replaces the three lambdas by ``softmax(model.loss_logits)``
-(initialised to the configured lambdas normalised to sum 1).
+(initialised to the configured lambdas normalised to sum 1). Each term is logged per expert
+(:meth:`Medc.step_metrics`).
 
-``medc.expert_input=resample``: the trunk runs once on the batch; the ``lt`` expert sees the batch as is,
-``uni`` / ``inv`` see B rows re-drawn with replacement (``torch.multinomial`` with the generator) with
-per-video probability proportional to the mean over its labels of that expert's class weight, and use
-unweighted BCE (re-sampling replaces re-weighting).
-
-Randomness, in this order per expert (``medc.experts`` order): the re-sampled rows (resample mode,
-``uni``/``inv`` only), then ``eps`` (float32 standard normals of shape (B, d)); all from the batch
-generator, drawn on its device.
+Randomness, in this order per expert (``medc.experts`` order): the re-sampled rows (``batch_resample``,
+``uni``/``inv`` only), then ``eps`` (float32 standard normals of shape (rows, d)); all from the batch
+generator, drawn on its device. The ``sample`` streams are drawn by the training loop from (seed,
+epoch, stream name).
 """
 
 from __future__ import annotations
