@@ -15,8 +15,8 @@ HEADERS = ("Overall", "Head", "Medium", "Tail", "Acc@1", "Acc@5")
 GROUP_KEYS = ("method", "features", "select_on", "config_id")
 
 
-def _fmt(value) -> str:
-    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
+def _fmt(value, digits: int = 3) -> str:
+    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
 
 
 def markdown_table(header: list, rows: list) -> str:
@@ -91,10 +91,13 @@ def collect(run_dirs) -> pd.DataFrame:
     for path in (f for run_dir in run_dirs for f in metrics_files(Path(run_dir))):
         document = json.loads(path.read_text())
         run = document.get("run", {})
-        row = {"run": str(path.parent), "method": run.get("method", "predictions"),
+        method = run.get("method", "predictions")
+        if run.get("head") not in (None, "lateavg"):
+            method += f"+{run['head']}"
+        row = {"run": str(path.parent), "method": method,
                "features": run.get("features", "unknown"), "seed": run.get("seed"),
                "select_on": run.get("select_on", "unknown"), "config_id": run.get("config_id", ""),
-               **{c: document["metrics"][c] for c in COLUMNS}}
+               **{c: document["metrics"][c] for c in COLUMNS}, "train_s": run.get("train_seconds", np.nan)}
         for name, profile in document.get("profiles", {}).items():
             if name != "as_is":  # the same numbers as the main columns
                 row[f"mAP[{name}]"] = profile["mAP"]
@@ -104,7 +107,7 @@ def collect(run_dirs) -> pd.DataFrame:
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and std (ddof 1) over runs that differ only in their seed."""
-    values = [c for c in runs.columns if c in COLUMNS or c.startswith("mAP[")]
+    values = [c for c in runs.columns if c in COLUMNS or c.startswith("mAP[") or c == "train_s"]
     grouped = runs.groupby(list(GROUP_KEYS), sort=False, dropna=False)[values]
     means, stds = grouped.mean(), grouped.std(ddof=1)
     table = means.add_suffix("_mean").join(stds.add_suffix("_std"))
@@ -119,11 +122,11 @@ def report_markdown(table: pd.DataFrame) -> str:
     for _, r in table.iterrows():
         cells = []
         for c in values:
-            mean, std = r[f"{c}_mean"], r[f"{c}_std"]
-            cells.append(_fmt(mean) + (f" ± {std:.3f}" if r["runs"] > 1 and not np.isnan(std) else ""))
+            mean, std, digits = r[f"{c}_mean"], r[f"{c}_std"], 0 if c == "train_s" else 3
+            cells.append(_fmt(mean, digits) + (f" ± {std:.{digits}f}" if r["runs"] > 1 and not np.isnan(std) else ""))
         rows.append([r["method"], r["features"], r["select_on"], r["runs"], *cells])
-    header = ["Method", "Features", "Selected on", "Runs",
-              *(dict(zip(COLUMNS, HEADERS)).get(c, c) for c in values)]
+    names = {**dict(zip(COLUMNS, HEADERS)), "train_s": "Train (s)"}
+    header = ["Method", "Features", "Selected on", "Runs", *(names.get(c, c) for c in values)]
     return ("Mean ± sample std over seeds where a configuration has several runs. 'Selected on' is the "
             "split the checkpoint was chosen on (test = the papers' protocol).\n\n" + markdown_table(header, rows))
 

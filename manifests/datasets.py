@@ -19,7 +19,7 @@ import pandas as pd
 from manifests.errors import DatasetError, UserError
 
 SPLITS = ("train", "val", "test")
-FORMATS = ("demo", "videolt", "minikinetics", "kinetics_csv", "csv")
+FORMATS = ("demo", "synthetic", "videolt", "minikinetics", "kinetics_csv", "csv")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg")
 # Video ids become file names and HDF5 keys: letters, digits, '_', '-', '.'; no path parts.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,199}$")

@@ -136,10 +136,10 @@ def cmd_run(args) -> int:
 def _print_comparison(cfg) -> None:
     """The methods just evaluated side by side, also written to <work_dir>/report.{md,csv}."""
     from evaluate.report import write_report
-    from pipeline.config import single_runs
+    from pipeline.config import run_name, single_runs
 
     work_dir = Path(cfg.work_dir)
-    files = [work_dir / "evaluate" / c.train.run_name() / "metrics.json" for c in single_runs(cfg)]
+    files = [work_dir / "evaluate" / run_name(c) / "metrics.json" for c in single_runs(cfg)]
     print(write_report([f for f in files if f.exists()], work_dir), end="")
     log.info("comparison table: %s; per-run metrics, per-class CSVs and plots: %s",
              work_dir / "report.md", work_dir / "evaluate")

@@ -16,6 +16,7 @@ from evaluate.config import EvaluateConfig
 from extract.config import ExtractConfig
 from train.config import MedcConfig, MoveConfig, TrainConfig
 from manifests.errors import UserError
+from pipeline.synthetic_data import SyntheticSpec
 
 PACKAGE_CONFIGS = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = "demo"
@@ -31,12 +32,15 @@ class Section(BaseModel):
 class DatasetConfig(Section):
     """Where the labels (and optionally the videos) are, and in which format."""
 
-    format: Literal["demo", "videolt", "minikinetics", "kinetics_csv", "csv"] = "demo"
+    format: Literal["demo", "synthetic", "videolt", "minikinetics", "kinetics_csv", "csv"] = "demo"
     root: str | None = Field(None, description="videolt/minikinetics: folder of label lists; "
-                             "csv/kinetics_csv: the CSV file; demo: where to generate (default <work_dir>/demo-data)")
+                             "csv/kinetics_csv: the CSV file; demo/synthetic: where to generate "
+                             "(default <work_dir>/demo-data, <work_dir>/synthetic-data)")
     videos: str | None = Field(None, description="folder of <video_id>.<ext> files (videolt, minikinetics, kinetics_csv)")
     class_names: str | None = Field(None, description="file with one class name per line (csv, kinetics_csv)")
     demo_seed: int = Field(0, description="seed of the generated demo videos")
+    synthetic: SyntheticSpec = Field(SyntheticSpec(), description="the synthetic feature benchmark's knobs "
+                                     "(format synthetic)")
 
 
 class SplitConfig(Section):
@@ -58,6 +62,8 @@ class Config(Section):
 
     work_dir: str = "runs/demo"
     seed: int = 2021
+    seeds: list[int] | None = Field(None, min_length=1, description="train and evaluate every method once per "
+                                    "seed (run folders <method>-seed<N>); data and split keep `seed`")
     dataset: DatasetConfig = DatasetConfig()
     extract: ExtractConfig = ExtractConfig()
     split: SplitConfig = SplitConfig()
@@ -163,8 +169,14 @@ def _model_at(loc: list):
 
 
 def group_thresholds(cfg: Config) -> tuple:
-    """The (head, tail) thresholds in force: split.head/tail, else the dataset format's defaults."""
-    head, tail = DEFAULT_GROUP_THRESHOLDS.get(cfg.dataset.format, FALLBACK_GROUP_THRESHOLDS)
+    """The (head, tail) thresholds in force: split.head/tail, else the dataset format's defaults
+    (for the synthetic benchmark: scaled to its profile so the group shares are VideoLT's)."""
+    if cfg.dataset.format == "synthetic":
+        from pipeline.synthetic_data import group_thresholds as synthetic_thresholds
+
+        head, tail = synthetic_thresholds(cfg.dataset.synthetic)
+    else:
+        head, tail = DEFAULT_GROUP_THRESHOLDS.get(cfg.dataset.format, FALLBACK_GROUP_THRESHOLDS)
     return (cfg.split.head if cfg.split.head is not None else head,
             cfg.split.tail if cfg.split.tail is not None else tail)
 
@@ -177,9 +189,29 @@ def split_profile(cfg: Config) -> str:
 
 
 def single_runs(cfg: Config) -> list:
-    """One config per method of ``train.method`` (a list trains several methods one after another)."""
-    return [cfg.model_copy(update={"train": cfg.train.model_copy(update={"method": m})})
-            for m in cfg.train.methods()]
+    """One config per method of ``train.method`` (a list trains several methods one after another),
+    and per seed of ``seeds`` when given (the split keeps the top-level seed)."""
+    runs = []
+    for entry in cfg.train.methods():
+        method, _, head = entry.partition("+")
+        train = cfg.train.model_copy(update={"method": method, "head": head or cfg.train.head})
+        one = cfg.model_copy(update={"train": train})
+        if cfg.seeds is None:
+            runs.append(one)
+            continue
+        split = cfg.split.model_copy(update={"seed": split_seed(cfg)})
+        runs += [one.model_copy(update={"seed": seed, "seeds": [seed], "split": split}) for seed in cfg.seeds]
+    return runs
+
+
+def split_seed(cfg: Config) -> int:
+    """The seed of the exp/step split selection: split.seed, else the top-level seed."""
+    return cfg.split.seed if cfg.split.seed is not None else cfg.seed
+
+
+def run_name(cfg: Config) -> str:
+    """Folder of a single run under train/ and evaluate/: method, head, and the seed when ``seeds`` is set."""
+    return cfg.train.run_name() + (f"-seed{cfg.seed}" if cfg.seeds else "")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -17,7 +17,7 @@ from manifests.errors import UserError
 from manifests.files import resolve_portable
 from manifests.manifest import (Freshness, build_manifest, freshness, manifest_path,
                                 read_manifest, write_manifest)
-from pipeline.config import Config, single_runs
+from pipeline.config import Config, run_name, single_runs
 from pipeline.stages import ORDER, STAGES, RunOptions
 
 log = logging.getLogger("pipeline")
@@ -74,7 +74,7 @@ def run_pipeline(cfg: Config, stage: str = "all", options: RunOptions | None = N
         for run_cfg in (single_runs(cfg) if STAGES[name].per_run else [cfg]):
             if stage != "all":
                 _prepare_upstream(name, run_cfg, work_dir, options)
-            where = location(name, run_cfg.train.run_name() if STAGES[name].per_run else None)
+            where = location(name, run_name(run_cfg) if STAGES[name].per_run else None)
             outcome[where] = _run_stage(name, run_cfg, work_dir, options)
     return outcome
 
@@ -82,7 +82,7 @@ def run_pipeline(cfg: Config, stage: str = "all", options: RunOptions | None = N
 def _prepare_upstream(name: str, cfg: Config, work_dir: Path, options: RunOptions) -> None:
     """Before a single stage: run ingest if needed (it is the cheap front of every chain) and
     refuse to build on a missing or stale upstream stage."""
-    run = cfg.train.run_name() if STAGES[name].per_run else None
+    run = run_name(cfg) if STAGES[name].per_run else None
     for upstream in STAGES[name].needs + STAGES[name].uses:
         if upstream == "ingest" and is_main_process():
             _run_stage("ingest", cfg, work_dir, replace(options, force=False))  # --force is for `name`
@@ -99,7 +99,7 @@ def _prepare_upstream(name: str, cfg: Config, work_dir: Path, options: RunOption
 
 def _run_stage(name: str, cfg: Config, work_dir: Path, options: RunOptions) -> str:
     stage = STAGES[name]
-    run = cfg.train.run_name() if stage.per_run else None
+    run = run_name(cfg) if stage.per_run else None
     where = location(name, run)
     stage_dir = work_dir / where
     state = stage_state(name, cfg, work_dir, run)
@@ -169,7 +169,7 @@ def status_rows(cfg: Config | None, work_dir: Path) -> list:
                 continue
             run_cfg = cfg
             if cfg is not None and STAGES[name].per_run:
-                run_cfg = next((c for c in single_runs(cfg) if c.train.run_name() == run), None)
+                run_cfg = next((c for c in single_runs(cfg) if run_name(c) == run), None)
             state = stage_state(name, run_cfg, work_dir, run)
             manifest = read_manifest(work_dir / where)
             rows.append((where, {"fresh": "done"}.get(state.state, state.state),

@@ -19,7 +19,7 @@ from manifests.errors import UserError
 from manifests.files import read_table, sha256_file, write_table
 from manifests.groups import GROUPS, assign_groups
 from manifests.manifest import config_hash, read_manifest
-from pipeline.config import Config, group_thresholds, split_profile
+from pipeline.config import Config, group_thresholds, run_name, split_profile, split_seed
 
 log = logging.getLogger("pipeline")
 
@@ -59,8 +59,10 @@ class Stage:
 # ---------------------------------------------------------------------------------------- ingest
 
 def demo_root(cfg: Config) -> Path:
-    """Where the demo videos live: dataset.root, else <work_dir>/demo-data."""
-    return Path(cfg.dataset.root) if cfg.dataset.root else Path(cfg.work_dir) / "demo-data"
+    """Where a generated dataset lives: dataset.root, else <work_dir>/demo-data (or synthetic-data)."""
+    if cfg.dataset.root:
+        return Path(cfg.dataset.root)
+    return Path(cfg.work_dir) / ("synthetic-data" if cfg.dataset.format == "synthetic" else "demo-data")
 
 
 def load_dataset(cfg: Config, progress: bool = False) -> datasets.Dataset:
@@ -70,6 +72,11 @@ def load_dataset(cfg: Config, progress: bool = False) -> datasets.Dataset:
         from pipeline.demo_data import generate_demo
 
         root = generate_demo(demo_root(cfg), seed=d.demo_seed, progress=progress)
+        return datasets.read_generic_csv(root / "labels.csv", root / "class_names.txt")
+    if d.format == "synthetic":
+        from pipeline.synthetic_data import generate_synthetic
+
+        root = generate_synthetic(demo_root(cfg), d.synthetic, progress=progress)
         return datasets.read_generic_csv(root / "labels.csv", root / "class_names.txt")
     if d.root is None:
         raise UserError(f"dataset.root is required for dataset.format={d.format}: set it in the config "
@@ -113,7 +120,7 @@ def split_settings(cfg: Config) -> dict:
         settings["imbalance"] = cfg.split.imbalance
     if profile in ("exp", "step"):
         settings["max_per_class"] = cfg.split.max_per_class
-        settings["seed"] = cfg.split.seed if cfg.split.seed is not None else cfg.seed
+        settings["seed"] = split_seed(cfg)
     return settings
 
 
@@ -170,11 +177,19 @@ def run_split(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions)
 
 # --------------------------------------------------------------------------------------- extract
 
+def extract_config(cfg: Config):
+    """The extract settings in force: the synthetic benchmark's features are imported as .npy files."""
+    if cfg.dataset.format != "synthetic":
+        return cfg.extract
+    return cfg.extract.model_copy(update={"source": "npy", "npy_dir": str(demo_root(cfg).absolute() / "features"),
+                                          "npy_dim": cfg.dataset.synthetic.dim})
+
+
 def run_extract_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
     from extract.stage import run_extract
 
     videos = tables.read_ingest_videos(work_dir / "ingest")
-    summary = run_extract(cfg.extract, videos, stage_dir, retry_failed=options.retry_failed,
+    summary = run_extract(extract_config(cfg), videos, stage_dir, retry_failed=options.retry_failed,
                           repair=options.repair, progress=options.progress)
     outputs = [tables.VIDEOS] + sorted(p.name for p in stage_dir.glob("*.h5"))
     return StageResult(outputs, summary)
@@ -190,7 +205,7 @@ def method_train_config(cfg: Config):
 def train_settings(cfg: Config) -> dict:
     """The train config a run depends on, with the method's own section (move, medc) when it has one."""
     settings = {**method_train_config(cfg).model_dump(), "seed": cfg.seed}
-    if cfg.train.method == "move":
+    if cfg.train.method == "move" or cfg.train.head == "aggregators":  # the aggregators head is sized by move.*
         settings["move"] = cfg.move.model_dump()
     if cfg.train.method == "medc":  # MEDC on MOVE's aggregators (medc.trunk=aggregators) reads move.* too
         settings.update(medc=cfg.medc.model_dump(), move=cfg.move.model_dump())
@@ -219,20 +234,30 @@ def run_info(work_dir: Path, cfg: Config) -> dict:
     info = {"seed": cfg.seed}
     extract = read_manifest(work_dir / "extract")
     if extract is not None:
-        info["features"] = extract.config.get("backbone")
-    train = read_manifest(work_dir / "train" / cfg.train.run_name())
+        info["features"] = feature_source(cfg, extract.config)
+    train = read_manifest(work_dir / "train" / run_name(cfg))
     if train is not None:
         info.update({k: train.config[k] for k in ("method", "select_on") if k in train.config})
         info["config_id"] = config_hash({k: v for k, v in train.config.items() if k != "seed"})[:12]
         info["head"] = train.config.get("head")
+        info["train_seconds"] = train.summary.get("seconds")
     return info
+
+
+def feature_source(cfg: Config, extract_settings: dict) -> str:
+    """What the features are, for reports: the backbone, ``synthetic``, or the imported .npy folder."""
+    if cfg.dataset.format == "synthetic":
+        return "synthetic"
+    if extract_settings.get("source") == "npy":
+        return f"{Path(extract_settings.get('npy_dir') or 'npy').name} (.npy)"
+    return extract_settings.get("backbone")
 
 
 def run_evaluate_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
     from evaluate.stage import run_evaluate
 
     given = cfg.evaluate.predictions
-    predictions = Path(given) if given else work_dir / "train" / cfg.train.run_name() / PREDICTIONS
+    predictions = Path(given) if given else work_dir / "train" / run_name(cfg) / PREDICTIONS
     if not given and not predictions.exists():
         raise UserError(f"no predictions to evaluate: {predictions} does not exist; run the train stage "
                         "or set evaluate.predictions=FILE.npz (arrays `scores` (N, C) and `video_ids` (N,))")
@@ -245,7 +270,7 @@ STAGES = {
     "ingest": Stage("ingest", "read the dataset's label lists into one video table",
                     settings=lambda cfg: cfg.dataset.model_dump(), run=run_ingest),
     "extract": Stage("extract", "decode videos and store per-frame CNN features (HDF5)", needs=("ingest",),
-                     settings=lambda cfg: cfg.extract.model_dump(), run=run_extract_stage),
+                     settings=lambda cfg: extract_config(cfg).model_dump(), run=run_extract_stage),
     "split": Stage("split", "build train/val/test membership, class counts and head/medium/tail groups",
                    needs=("ingest",), uses=("extract",), settings=split_settings, run=run_split),
     "train": Stage("train", "train long-tailed methods on the features", needs=("extract", "split"),

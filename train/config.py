@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 METHODS = ("baseline", "focal", "ldam_drw", "eql", "cb_loss", "cbs", "srs", "mixup", "framestack", "move", "medc")
 Method = Literal["baseline", "focal", "ldam_drw", "eql", "cb_loss", "cbs", "srs", "mixup", "framestack", "move", "medc"]
+HEADS = ("lateavg", "aggregators")
+OWN_HEAD = ("move", "medc")  # methods whose model is not built from train.head
 
 
 class TrainConfig(BaseModel):
@@ -20,7 +22,8 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    method: Method | list[Method] = Field("baseline", description="a method, or a list run one after another")
+    method: str | list[str] = Field("baseline", description="a method, or a list run one after another; "
+                                    "a list entry `<method>+aggregators` trains that method on the aggregators head")
     head: Literal["lateavg", "aggregators"] = Field("lateavg", description="late-averaged MLP or PSA+NetVLAD")
     hidden: int = Field(2048, ge=1, description="hidden width of the classifier MLP")
     dropout: float = Field(0.5, ge=0, lt=1, description="dropout of the classifier MLP")
@@ -48,9 +51,16 @@ class TrainConfig(BaseModel):
 
     @field_validator("method")
     @classmethod
-    def _non_empty(cls, value):
+    def _known_methods(cls, value):
         if isinstance(value, list) and not value:
             raise ValueError("give at least one method")
+        for entry in value if isinstance(value, list) else [value]:
+            method, plus, head = entry.partition("+")
+            if method not in METHODS or (plus and (head not in HEADS or method in OWN_HEAD)):
+                raise ValueError(f"unknown method {entry!r}; valid: {', '.join(METHODS)} (in a list also "
+                                 f"<method>+aggregators, except for {' and '.join(OWN_HEAD)})")
+            if plus and not isinstance(value, list):
+                raise ValueError(f"{entry!r}: set train.head={head} for a single method")
         return value
 
     def methods(self) -> list:

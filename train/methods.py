@@ -11,7 +11,7 @@ import torch
 
 from evaluate.metrics import average_precision
 from train import augment, distributed, losses, models
-from train.config import TrainConfig
+from train.config import MoveConfig, TrainConfig
 
 
 class Recipe:
@@ -27,7 +27,11 @@ class Recipe:
     def __init__(self, name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts,
                  options: dict | None = None):
         self.name, self.cfg, self.options = name, cfg, options or {}
-        self.model = models.build(cfg.head, in_dim, num_classes, hidden=cfg.hidden, dropout=cfg.dropout)
+        head = {}
+        if cfg.head == "aggregators":  # "Baseline + Agg": the aggregators MOVE is configured with
+            move = self.section("move", MoveConfig)
+            head = {"clusters": move.clusters, "vlad_hidden": move.vlad_hidden, "n_head": move.n_head}
+        self.model = models.build(cfg.head, in_dim, num_classes, hidden=cfg.hidden, dropout=cfg.dropout, **head)
         params = {**self.loss_defaults, **cfg.loss.get(self.loss_name, {})}
         self.criterion = losses.build(self.loss_name, np.asarray(class_counts), **params)
 

@@ -42,7 +42,7 @@ def test_unknown_key_lists_valid_keys(capsys):
 
 @pytest.mark.parametrize("override, expected", [
     ("split.imbalance=abc", "split.imbalance: Input should be a valid number"),
-    ("dataset.format=youtube", "dataset.format: Input should be 'demo', 'videolt'"),
+    ("dataset.format=youtube", "dataset.format: Input should be 'demo', 'synthetic', 'videolt'"),
     ("noequals", "expected key=value"),
     ("dataset=3", "dataset: Input should be a valid dictionary"),
 ])
@@ -218,5 +218,5 @@ def test_demo_data_command(tmp_path):
 def test_union_errors_name_the_key_without_internal_branch_names(capsys):
     assert run("config", "--set", "train.method=[baseline,foo]") == 2
     err = capsys.readouterr().err
-    assert "train.method.1: Input should be 'baseline'" in err and "literal[" not in err
+    assert "train.method: Value error, unknown method 'foo'; valid: baseline, focal" in err and "literal[" not in err
     assert len(err.strip().splitlines()) == 2
