@@ -12,7 +12,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 METHODS = ("baseline", "focal", "ldam_drw", "eql", "cb_loss", "cbs", "srs", "mixup", "framestack", "move", "medc")
-Method = Literal["baseline", "focal", "ldam_drw", "eql", "cb_loss", "cbs", "srs", "mixup", "framestack", "move", "medc"]
 HEADS = ("lateavg", "aggregators")
 OWN_HEAD = ("move", "medc")  # methods whose model is not built from train.head
 

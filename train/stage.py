@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,9 @@ from train import checkpoints, distributed, methods
 from train.config import TrainConfig
 from train.data import FeatureBank
 from train.loop import SplitData, Trainer, derived_seed, scores_for_metrics
+from train.schedule import check_schedule
+
+log = logging.getLogger("pipeline")
 
 PREDICTIONS = "predictions.npz"
 
@@ -49,6 +53,8 @@ def run_train(cfg: TrainConfig, extract_dir: Path, split_dir: Path, run_dir: Pat
         if not (videos.split == split).any():
             raise UserError(f"the split in {split_dir} has no {split!r} videos, which training needs "
                             f"(train.select_on={cfg.select_on})")
+    for warning in check_schedule(cfg, method, int((videos.split == "train").sum())):
+        log.warning("warning: %s", warning)
     try:
         bank = FeatureBank(extract_dir, bank_ids, cache=cfg.cache)
     except KeyError as exc:
