@@ -236,7 +236,7 @@ class ResultSink:
                 except OSError as e:
                     raise self._writer_failed(e) from None
                 self.shards_written.append(p.name)
-                log.info("wrote %s (%d videos)", p.name, len(self.writer))
+                log.debug("wrote %s (%d videos)", p.name, len(self.writer))
             else:
                 self.writer.abort()
             self.writer = None

@@ -1,9 +1,9 @@
 """A small, seeded, long-tailed set of real H.264 videos for the embedded demo.
 
-Every class is an *(object, motion direction)* pair, e.g. ``red_circle_moving_left``.
-The same object moving left and moving right are different classes, so a single frame
-cannot tell them apart: a model has to use the order of the frames (or at least
-several frames) to get those classes right.
+Every class is an *(object, motion direction)* pair, e.g. ``red_circle_moving_left``. Each
+direction also has its own surface pattern (plain, bands, bars, checker, ...; ``PATTERNS``), so a
+class is visible in a single frame as well as in the motion: the order-free heads every method
+uses can learn all classes, and what separates the methods is the long tail.
 
 Layout written by :func:`generate_demo` into ``out_dir``::
 
@@ -68,6 +68,7 @@ __all__ = [
     "DemoSpec",
     "DemoSpecError",
     "GENERATOR_VERSION",
+    "PATTERNS",
     "SHAPES",
     "class_names",
     "generate_demo",
@@ -77,7 +78,7 @@ __all__ = [
 
 #: Bump when the output of the generator changes for the same seed and spec: an existing
 #: set written by another version is then regenerated instead of reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 #: Saturated colours, far from the low-saturation backgrounds (RGB, 0..255).
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -93,6 +94,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 
 #: Shapes, each drawn from a signed distance in object coordinates (see ``_shape_sdf``).
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "stripes", "diamond", "star")
+
+#: Surface patterns; a class's pattern is that of its direction (``spec.directions`` index), so
+#: classes differ in appearance and not only in motion.
+PATTERNS: tuple[str, ...] = ("plain", "bands", "bars", "checker", "diagonal", "rings")
 
 #: Direction name -> (dx, dy) in image coordinates (y grows downwards).
 DIRECTIONS: dict[str, tuple[int, int]] = {
@@ -320,15 +325,29 @@ def _shape_sdf(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _texture(shape: str, k: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Brightness factor inside the object (moves with it): strong for stripes, subtle otherwise."""
+def _pattern(pattern: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Bold brightness pattern of a motion direction (index into PATTERNS), 0.35..1."""
+    name = PATTERNS[pattern % len(PATTERNS)]
+    if name == "plain":
+        return np.ones_like(u)
+    phase = {"bands": v, "bars": u, "diagonal": (u + v) / np.sqrt(2), "rings": np.sqrt(u * u + v * v)}.get(name)
+    if phase is not None:
+        on = np.sin(2 * np.pi * phase / 0.5) > 0
+    else:  # checker
+        on = (np.sin(2 * np.pi * u / 0.6) > 0) ^ (np.sin(2 * np.pi * v / 0.6) > 0)
+    return np.where(on, 1.0, 0.35)
+
+
+def _texture(shape: str, k: int, pattern: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Brightness factor inside the object (moves with it): the direction's bold pattern times
+    a shape texture (stripes for the stripes shape, an object-specific gentle wave otherwise)."""
     if shape == "stripes":
-        return np.where(np.sin(2 * np.pi * u / 0.42) > 0, 1.0, 0.3).astype(np.float32)
-    # object-specific gentle wave pattern, so objects differ in texture too
-    angle = 0.7 * k
-    freq = 1.2 + 0.35 * (k % 4)
-    wave = np.sin(2 * np.pi * freq * (np.cos(angle) * u + np.sin(angle) * v))
-    return (0.9 + 0.1 * wave).astype(np.float32)
+        base = np.where(np.sin(2 * np.pi * u / 0.42) > 0, 1.0, 0.3)
+    else:
+        angle = 0.7 * k
+        freq = 1.2 + 0.35 * (k % 4)
+        base = 0.9 + 0.1 * np.sin(2 * np.pi * freq * (np.cos(angle) * u + np.sin(angle) * v))
+    return (base * _pattern(pattern, u, v)).astype(np.float32)
 
 
 def _background(rng: np.random.Generator, t: int, size: int, yy: np.ndarray, xx: np.ndarray,
@@ -347,7 +366,7 @@ def _background(rng: np.random.Generator, t: int, size: int, yy: np.ndarray, xx:
 
 
 def _composite(frames: np.ndarray, yy: np.ndarray, xx: np.ndarray, cx: np.ndarray, cy: np.ndarray,
-               radius: float, rotation: float, shape: str, k: int, colour) -> None:
+               radius: float, rotation: float, shape: str, k: int, pattern: int, colour) -> None:
     """Draw one object (anti-aliased, dark outline, texture) centred at (cx[t], cy[t]) into frames."""
     dx = xx[None] - cx[:, None, None]
     dy = yy[None] - cy[:, None, None]
@@ -356,7 +375,7 @@ def _composite(frames: np.ndarray, yy: np.ndarray, xx: np.ndarray, cx: np.ndarra
     v = (-s * dx + c * dy) / radius
     sdf_px = _shape_sdf(shape, u, v) * radius
     alpha = np.clip(sdf_px + 0.5, 0.0, 1.0).astype(np.float32)
-    shade = _texture(shape, k, u, v)
+    shade = _texture(shape, k, pattern, u, v)
     shade = shade * np.where(sdf_px < 1.5, 0.45, 1.0).astype(np.float32)   # outline
     fill = np.asarray(colour, dtype=np.float32)[None, None, None, :] * shade[..., None]
     a = alpha[..., None]
@@ -443,10 +462,11 @@ def _render(video: dict, spec: DemoSpec, rng: np.random.Generator) -> tuple[np.n
         paths.append(best[:4])
     for (label, obj, d, radius, rotation), (cx, cy, start, stop) in zip(specs, paths):
         colour_name, shape = _object(obj)
-        _composite(motion, yy, xx, cx, cy, radius, rotation, shape, obj, COLOURS[colour_name])
+        _composite(motion, yy, xx, cx, cy, radius, rotation, shape, obj, d, COLOURS[colour_name])
         objects.append({
             "label": int(label), "object": colour_name + "_" + shape, "colour": list(COLOURS[colour_name]),
-            "shape": shape, "direction": spec.directions[d], "radius": round(radius, 3),
+            "shape": shape, "direction": spec.directions[d], "pattern": PATTERNS[d % len(PATTERNS)],
+            "radius": round(radius, 3),
             "start_xy": [round(float(p), 3) for p in start], "stop_xy": [round(float(p), 3) for p in stop],
         })
 

@@ -161,8 +161,8 @@ def test_objects_move_in_their_direction(small_set):
     assert seen == {"left", "right"}
 
 
-def test_same_object_left_and_right_look_alike_in_single_frames(small_set):
-    """A single motion frame of 'left' and 'right' shows the same object: only time separates them."""
+def test_same_object_left_and_right_differ_in_appearance(small_set):
+    """'left' and 'right' show the same object with another surface pattern, visible in one frame."""
     annotations = read_annotations(small_set)
     by_class = {}
     for a in annotations.values():
@@ -171,6 +171,14 @@ def test_same_object_left_and_right_look_alike_in_single_frames(small_set):
     left, right = by_class[0], by_class[1]              # red circle moving left / right
     assert left["objects"][0]["object"] == right["objects"][0]["object"]
     assert left["objects"][0]["colour"] == right["objects"][0]["colour"]
+    assert (left["objects"][0]["pattern"], right["objects"][0]["pattern"]) == ("plain", "bands")
+    spread = []
+    for a in (left, right):  # brightness spread inside the object in its first motion frame
+        frame = decode_decord(small_set / "videos" / f"{a['video_id']}.mp4")[a["motion_frames"][0]].astype(float)
+        (x, y), r = a["objects"][0]["start_xy"], a["objects"][0]["radius"]
+        inner = frame[int(y - r / 3):int(y + r / 3), int(x - r / 3):int(x + r / 3)].sum(axis=2)
+        spread.append(inner.std())
+    assert spread[1] > 2 * spread[0]  # the bands are visible, the plain surface is not
 
 
 def test_distractor_frames_hold_no_labelled_object(small_set):
