@@ -73,14 +73,18 @@ def learning_rate(cfg: TrainConfig, epoch: int) -> float:
 @torch.inference_mode()
 def predict(model, bank: FeatureBank, data: SplitData, cfg: TrainConfig, device, forward=None):
     """(N, C) float32 logits of a split, on ``eval_frames`` uniform frames per video; with ``forward``
-    (clips -> dict of (B, C) tensors, e.g. :meth:`Recipe.experts`) a dict of such arrays."""
+    (clips -> dict of (B, C) tensors, e.g. :meth:`Recipe.experts`) a dict of such arrays.
+
+    Always in float32, whatever ``train.amp`` and any enclosing autocast: bf16 logits tie most
+    per-class scores, and tied scores let the tie order decide part of the AP.
+    """
     model.eval()
     forward = forward or model
     out = []
     for start in range(0, len(data.positions), cfg.batch_size):
         positions = data.positions[start:start + cfg.batch_size]
         x = bank.clips(positions, eval_frames(bank.lengths[positions], cfg.eval_frames)).to(device)
-        with autocast(device, cfg.amp):
+        with torch.autocast(device.type, enabled=False):
             out.append(forward(x))
     if isinstance(out[0], dict):
         return {k: torch.cat([o[k].float().cpu() for o in out]).numpy() for k in out[0]}

@@ -11,6 +11,7 @@ from manifests.frames import random_indices, uniform_indices
 from pipeline.cli import main
 from train import loop
 from train.checkpoints import load
+from train.config import TrainConfig
 from train.data import FeatureBank
 
 FAST = ["--set", "train.epochs=4", "--set", "train.batch_size=16", "--set", "train.hidden=32",
@@ -143,3 +144,31 @@ def test_a_last_batch_of_one_video_joins_the_previous_batch(work):
     assert train(args, "--set", "train.head=aggregators", "--set", "train.batch_size=22",
                  "--set", "train.epochs=1", "--set", "train.eval_every=1") == 0
     assert (run / "train" / "baseline+aggregators" / "predictions.npz").exists()
+
+
+def test_predictions_are_float32_even_inside_bf16_autocast(work, monkeypatch):
+    """Scores never come from a low-precision forward: bf16 logits would tie many per-class scores.
+    CPU bf16 autocast stands in for the GPU's training precision (train.amp)."""
+    run, _ = work
+    monkeypatch.setattr(loop, "autocast", lambda device, amp: torch.autocast("cpu", dtype=torch.bfloat16))
+    ids = [f"v{i:04d}" for i in range(60)]
+    bank = FeatureBank(run / "extract", ids, cache="ram")
+    data = loop.SplitData(np.arange(60), [[0]] * 60, ids)
+    cfg = TrainConfig(batch_size=16, eval_frames=8, amp="bf16")
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(bank.dim, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+
+    def model(x):  # late average of frame logits, like the lateavg head
+        return mlp(x).mean(dim=1)
+
+    model.eval = mlp.eval
+    plain = loop.predict(model, bank, data, cfg, torch.device("cpu"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = loop.predict(model, bank, data, cfg, torch.device("cpu"))
+        lowered = model(bank.clips(np.arange(60), [np.arange(8) % 3] * 60)).float().detach().numpy()
+    assert inside.dtype == np.float32 and np.array_equal(inside, plain)
+
+    def ties(scores):  # per class, videos sharing a score with another video
+        return sum(len(col) - len(np.unique(col)) for col in scores.reshape(-1, scores.shape[-1]).T)
+
+    assert ties(plain) == 0 and ties(lowered) > 0  # what the guard prevents
