@@ -113,10 +113,14 @@ def main(argv=None) -> int:
         return 130
 
 
-def _load(args):
-    from pipeline.config import load_config
+def _load(args, with_sources: bool = False):
+    """The config of a command; warns about settings that have no effect."""
+    from pipeline.config import ineffective_settings, read_config
 
-    return load_config(args.config, tuple(args.overrides), getattr(args, "work_dir", None))
+    cfg, sources = read_config(args.config, tuple(args.overrides), getattr(args, "work_dir", None))
+    for warning in ineffective_settings(cfg, sources):
+        log.warning("warning: %s", warning)
+    return (cfg, sources) if with_sources else cfg
 
 
 def cmd_run(args) -> int:
@@ -163,7 +167,7 @@ def cmd_status(args) -> int:
 def cmd_config(args) -> int:
     from pipeline.config import to_yaml
 
-    print(to_yaml(_load(args)), end="")
+    print(to_yaml(*_load(args, with_sources=True)), end="")
     return 0
 
 

@@ -117,13 +117,46 @@ def apply_override(data: dict, assignment: str) -> None:
 
 def load_config(config: str | None = None, overrides: tuple = (), work_dir: str | None = None) -> Config:
     """Read a config (default: the demo), apply overrides and ``--work-dir``, validate."""
-    path = resolve_config_file(config or DEFAULT_CONFIG)
-    data = _read_yaml(path)
+    return read_config(config, overrides, work_dir)[0]
+
+
+def read_config(config: str | None = None, overrides: tuple = (), work_dir: str | None = None) -> tuple:
+    """``(Config, sources)``: the validated config and, per dotted key set by the user, where its value
+    came from (``file <path>``, ``--set``, ``--work-dir``); every other value is a product default.
+
+    Without ``--config`` the demo's file applies to the demo only: when ``--set dataset.format=...``
+    names another format, the run starts from the product defaults (256/224 px, 150 frames, the
+    VideoLT schedule) and its work dir is ``runs/<format>``.
+    """
+    given = {}
+    for assignment in overrides:
+        apply_override(given, assignment)
+    fmt = given.get("dataset", {}).get("format") if isinstance(given.get("dataset"), dict) else None
+    data, sources, label = {}, {}, "product defaults"
+    if config is not None or fmt in (None, "demo"):
+        path = resolve_config_file(config or DEFAULT_CONFIG)
+        data, label = _read_yaml(path), f"config {path}"
+        sources = dict.fromkeys(_leaves(data), f"file {path}")
+    elif isinstance(fmt, str):
+        data["work_dir"] = f"runs/{fmt}"
     for assignment in overrides:
         apply_override(data, assignment)
+    sources.update(dict.fromkeys(_leaves(given), "--set"))
     if work_dir is not None:
-        data["work_dir"] = work_dir
-    return validate(data, source=f"config {path}" + (" with --set overrides" if overrides else ""))
+        data["work_dir"], sources["work_dir"] = work_dir, "--work-dir"
+    cfg = validate(data, source=label + (" with --set overrides" if overrides else ""))
+    return cfg, sources
+
+
+def _leaves(data: dict, prefix: str = "") -> list:
+    """Dotted keys of the values set in a nested dict (an empty dict is a value)."""
+    keys = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            keys += _leaves(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
 
 
 def validate(data: dict, source: str = "config") -> Config:
@@ -214,6 +247,45 @@ def run_name(cfg: Config) -> str:
     return cfg.train.run_name() + (f"-seed{cfg.seed}" if cfg.seeds else "")
 
 
-def to_yaml(cfg: Config) -> str:
-    """The resolved config as YAML (what ``python -m pipeline config`` prints)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+def to_yaml(cfg: Config, sources: dict | None = None) -> str:
+    """The resolved config as YAML (what ``python -m pipeline config`` prints); with ``sources``
+    (from :func:`read_config`) every value carries a comment saying where it came from."""
+    data = cfg.model_dump(mode="json")
+    if sources is None:
+        return yaml.safe_dump(data, sort_keys=False)
+    lines = ["# where each value comes from: default (the product's), file <path>, --set, --work-dir"]
+    _annotate(data, sources, "", 0, lines)
+    return "\n".join(lines) + "\n"
+
+
+def _annotate(node: dict, sources: dict, prefix: str, indent: int, lines: list) -> None:
+    for key, value in node.items():
+        dotted = prefix + key
+        if isinstance(value, dict) and value:
+            lines.append(" " * indent + f"{key}:")
+            _annotate(value, sources, dotted + ".", indent + 2, lines)
+            continue
+        text = yaml.safe_dump({key: value}, default_flow_style=True, width=1 << 20).strip()[1:-1]
+        lines.append(" " * indent + f"{text}  # {sources.get(dotted, 'default')}")
+
+
+def ineffective_settings(cfg: Config, sources: dict) -> list:
+    """Warnings for keys the user set that have no effect in the chosen mode."""
+    given = set(sources)
+    rules = [
+        (split_profile(cfg) == "given", ("split.imbalance", "split.max_per_class"),
+         "the dataset's own train split is kept with split.profile=given; set split.profile=exp, step or "
+         "minikinetics to re-balance it"),
+        (split_profile(cfg) == "minikinetics", ("split.max_per_class",),
+         "the minikinetics profile fixes n_max itself"),
+        (cfg.dataset.format != "synthetic", tuple(k for k in given if k.startswith("dataset.synthetic.")),
+         "it only shapes dataset.format=synthetic"),
+        (cfg.dataset.format != "demo", ("dataset.demo_seed",), "it only seeds dataset.format=demo"),
+        (cfg.dataset.format == "synthetic", ("extract.source", "extract.npy_dir", "extract.npy_dim"),
+         "the synthetic benchmark's features are always imported from its generated .npy files"),
+        (cfg.dataset.format != "synthetic" and cfg.extract.source == "videos", ("extract.npy_dir", "extract.npy_dim"),
+         "they only apply to extract.source=npy"),
+    ]
+    return [f"{key} ({sources[key]}) has no effect: {why}"
+            for applies, keys, why in rules if applies for key in keys if key in given]
+
