@@ -22,7 +22,8 @@ EPILOG = """examples:
 
 def _add_config_args(parser: argparse.ArgumentParser, with_work_dir: bool = True) -> None:
     parser.add_argument("--config", metavar="FILE_OR_NAME",
-                        help="YAML config file, or a name from configs/ (default: the embedded demo)")
+                        help="YAML config file, or the name of a shipped config (pipeline/configs/) or of "
+                             "./configs/NAME.yaml (default: the embedded demo)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set split.imbalance=0.1 (repeatable)")
     if with_work_dir:

@@ -19,12 +19,12 @@ def test_config_validates_with_every_method(path):
 
 
 def test_dataset_configs_use_the_published_settings():
-    for path in ROOT.glob("configs/videolt_*.yaml"):
+    for path in ROOT.glob("pipeline/configs/videolt_*.yaml"):
         cfg = load_config(str(path))
         assert (cfg.split.head, cfg.split.tail, cfg.dataset.format) == (500, 100, "videolt")
         assert (cfg.train.lr, cfg.train.epochs, cfg.train.batch_size, cfg.train.lr_steps) == (1e-4, 100, 128, [30, 60])
         assert (cfg.train.train_frames, cfg.train.eval_frames, cfg.train.grad_clip, cfg.seed) == (60, 150, 20.0, 2021)
-    for path in ROOT.glob("configs/minik200_*.yaml"):
+    for path in ROOT.glob("pipeline/configs/minik200_*.yaml"):
         cfg = load_config(str(path))
         assert (cfg.split.head, cfg.split.tail, cfg.split.profile) == (300, 40, "minikinetics")
     assert len(CONFIGS) == 8
