@@ -257,32 +257,41 @@ class ResultSink:
 
 # --------------------------------------------------------------------------- Ctrl-C
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; what Docker, Kubernetes and Slurm send
+
+
+def _abort(signum, frame):
+    raise KeyboardInterrupt
+
+
 class _StopFlag:
-    """First Ctrl-C sets the flag (the runner stops at the next safe point); a second one aborts."""
+    """A first Ctrl-C or SIGTERM sets the flag (the runner stops at the next safe point); a second aborts."""
 
     def __init__(self):
         self.event = threading.Event()
-        self._old = None
+        self._old = {}
 
     def is_set(self) -> bool:
         return self.event.is_set()
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
+            self._old = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
             def handler(signum, frame):
                 self.event.set()
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                print("\nextract: Ctrl-C received - stopping after the current video (Ctrl-C again to abort)",
-                      file=sys.stderr, flush=True)
+                for sig in STOP_SIGNALS:
+                    signal.signal(sig, _abort)
+                print(f"\nextract: {signal.Signals(signum).name} received - stopping after the current video "
+                      "(again to abort)", file=sys.stderr, flush=True)
 
-            signal.signal(signal.SIGINT, handler)
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, handler)
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 # --------------------------------------------------------------------------- the stage

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from manifests.errors import StageFailed, UserError
@@ -98,6 +100,8 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)  # Docker, Kubernetes and Slurm stop jobs with SIGTERM
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:
@@ -112,6 +116,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
         return 130
+
+
+def _terminated(signum, frame):
+    """SIGTERM stops a run like Ctrl-C: finished work is kept and the same command resumes it."""
+    raise KeyboardInterrupt
 
 
 def _load(args, with_sources: bool = False):

@@ -86,16 +86,17 @@ def test_sigkill_during_extract_then_rerun_gives_the_uninterrupted_store(demo, e
     assert "extract   done" in ok(cli("status", "--work-dir", work)).stdout
 
 
-@pytest.mark.parametrize("whole_group", [False, True], ids=["kill-INT-pid", "terminal-ctrl-c"])
+@pytest.mark.parametrize("whole_group, sig", [(False, signal.SIGINT), (True, signal.SIGINT), (False, signal.SIGTERM)],
+                         ids=["kill-INT-pid", "terminal-ctrl-c", "kill-TERM-pid"])
 def test_ctrl_c_during_extract_exits_130_says_how_to_resume_and_rerun_completes(demo, extract_reference, tmp_path,
-                                                                              whole_group):
+                                                                              whole_group, sig):
     reference, ids = extract_reference
     work = tmp_path / "work"
     stage = work / "extract"
     child = Child(tmp_path / "interrupted", *extract_command(demo, work))
     try:
         child.wait_for(lambda: len(shards(stage)) >= 2, what="2 shards")
-        (child.signal_group if whole_group else child.signal)(signal.SIGINT)
+        (child.signal_group if whole_group else child.signal)(sig)
         assert child.wait(timeout=120) == 130
     finally:
         child.kill_group()
@@ -170,8 +171,9 @@ def test_sigkill_during_train_then_rerun_gives_the_uninterrupted_weights(feature
     assert_same_training(run_dir, train_reference)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_during_train_exits_130_says_how_to_resume_and_rerun_completes(feature_work_dir, train_reference,
-                                                                            tmp_path):
+                                                                            tmp_path, sig):
     work = tmp_path / "work"
     args = feature_work_dir(work)
     run_dir = work / "train" / "baseline"
@@ -179,7 +181,7 @@ def test_ctrl_c_during_train_exits_130_says_how_to_resume_and_rerun_completes(fe
     child = Child(tmp_path / "interrupted", *command)
     try:
         child.wait_for(lambda: (checkpoint_epoch(run_dir / "last.pt") or 0) >= 3, what="last.pt at epoch 3")
-        child.signal_group(signal.SIGINT)  # as a terminal's Ctrl-C: the whole job gets it
+        child.signal_group(sig)  # as a terminal's Ctrl-C (or a scheduler's SIGTERM): the whole job gets it
         assert child.wait(timeout=60) == 130
     finally:
         child.kill_group()
