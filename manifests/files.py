@@ -14,6 +14,21 @@ import pandas as pd
 from manifests.errors import UserError
 
 
+FILE_MODE, DIR_MODE = 0o666, 0o777  # before the umask, as open() and mkdir() create them
+
+
+def publish_dir(path: Path) -> None:
+    """Give a folder made by ``tempfile.mkdtemp`` (mode 0700) the usual mode under the umask."""
+    os.chmod(path, DIR_MODE & ~current_umask())
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: Path):
     """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds.
@@ -30,6 +45,7 @@ def atomic_path(path: Path):
                         "its permissions and free disk space") from exc
     try:
         yield Path(tmp)
+        os.chmod(tmp, FILE_MODE & ~current_umask())  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp, path)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror}; check permissions and free disk space") from exc

@@ -61,6 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from manifests.errors import UserError
+from manifests.files import publish_dir
 
 __all__ = [
     "COLOURS",
@@ -675,6 +676,7 @@ def generate_demo(out_dir, seed: int = 0, spec: DemoSpec = DemoSpec(), progress:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.demo-tmp-{os.getpid()}-", dir=out_dir.parent))
     try:
         _write_set(tmp, seed, spec, progress)
+        publish_dir(tmp)
         old = None
         if out_dir.exists():
             if is_complete(out_dir, seed, spec):      # another process finished first

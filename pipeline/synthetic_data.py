@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from manifests.datasets import SPLITS
 from manifests.errors import UserError
+from manifests.files import publish_dir
 
 GENERATOR_VERSION = 1
 # VideoLT's class-group shares (47 head, 340 tail of 1004 classes), used to scale the thresholds.
@@ -246,6 +247,7 @@ def generate_synthetic(out_dir, spec: SyntheticSpec, progress: bool = False) -> 
         raise UserError(f"cannot write the synthetic benchmark next to {out_dir}: {exc.strerror}") from None
     try:
         _write_set(tmp, spec, progress)
+        publish_dir(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)  # a set of another spec
         os.rename(tmp, out_dir)
