@@ -7,9 +7,12 @@ methods share one set of features and splits.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import socket
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from pipeline.stages import ORDER, STAGES, RunOptions
 
 log = logging.getLogger("pipeline")
 EXTERNAL_PREFIX = "file:"  # manifest input keys of files read from outside the work dir
+LOCK = ".lock"  # one run per work dir at a time
 
 
 def is_main_process() -> bool:
@@ -64,8 +68,44 @@ def stage_state(name: str, cfg: Config | None, work_dir: Path, run: str | None =
     return freshness(stage_dir, settings, stage_inputs(name, run, work_dir))
 
 
+@contextmanager
+def work_dir_lock(work_dir: Path):
+    """Hold ``<work_dir>/.lock`` for a run: an advisory ``flock`` the kernel releases when the process
+    ends (so a crashed run never leaves a stale lock); a second run gets one line naming the holder."""
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(work_dir / LOCK, "a+", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot use the work dir {work_dir}: {exc.strerror}; check the path and its "
+                        "permissions, or point --work-dir elsewhere") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"the work dir {work_dir} is in use by {holder}; wait for that run to finish (or stop "
+                        "it), or give this run another --work-dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.close()  # closing releases the flock
+
+
 def run_pipeline(cfg: Config, stage: str = "all", options: RunOptions | None = None) -> dict:
-    """Run one stage or the whole chain; returns ``{stage location: "ran" | "skipped"}``."""
+    """Run one stage or the whole chain under the work dir's lock; returns ``{stage location: "ran" |
+    "skipped"}``. Under torchrun only rank 0 takes the lock."""
+    if not is_main_process():
+        return _run_pipeline(cfg, stage, options)
+    with work_dir_lock(Path(cfg.work_dir)):
+        return _run_pipeline(cfg, stage, options)
+
+
+def _run_pipeline(cfg: Config, stage: str, options: RunOptions | None) -> dict:
     options = options or RunOptions()
     work_dir = Path(cfg.work_dir)
     names = ORDER if stage == "all" else (stage,)
