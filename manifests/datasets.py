@@ -9,6 +9,7 @@ and ``split`` ("train" | "val" | "test"). Every reader validates what it reads; 
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,15 +73,26 @@ def _parse_labels(text: str, sep: str, num_classes: int | None, path, line: int)
     return labels
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 text file (a leading byte-order mark, as Excel writes, is dropped); other bytes are a
+    :class:`DatasetError` naming the line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise DatasetError(path, line, f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as "
+                           "UTF-8") from None
+
+
 def _read_lines(path: Path):
     """Yield (line number, stripped text) for the non-blank lines of a text file."""
     if not path.is_file():
         raise UserError(f"label file not found: {path}")
-    with open(path, encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            text = text.strip()
-            if text:
-                yield number, text
+    for number, text in enumerate(read_text(path).splitlines(), start=1):
+        text = text.strip()
+        if text:
+            yield number, text
 
 
 def _read_id_label_list(path: Path, sep: str, num_classes: int | None, split: str) -> list:
@@ -202,17 +214,18 @@ def _read_csv(path: Path, required: tuple) -> list:
     """Rows of a CSV as dicts (with ``_line``), checking the required header columns."""
     if not path.is_file():
         raise UserError(f"CSV file not found: {path}")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DatasetError(path, 1, f"missing column(s) {missing}; the header must include {list(required)}")
-        rows = []
-        for row in reader:
-            if None in row or any(v is None for v in row.values()):
-                raise DatasetError(path, reader.line_num, "wrong number of fields")
-            row["_line"] = reader.line_num
-            rows.append(row)
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DatasetError(path, 1, f"missing column(s) {missing}; the header must include {list(required)}")
+    rows = []
+    for row in reader:
+        if None in row or any(v is None for v in row.values()):
+            raise DatasetError(path, reader.line_num, "wrong number of fields")
+        row["_line"] = reader.line_num
+        rows.append(row)
+    if not rows:
+        raise DatasetError(path, None, "lists no videos (only a header); add one row per video")
     return rows
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from evaluate.config import EvaluateConfig
 from extract.config import ExtractConfig
 from train.config import MedcConfig, MoveConfig, TrainConfig
+from manifests.datasets import read_text
 from manifests.errors import UserError
 from pipeline.synthetic_data import SyntheticSpec
 
@@ -88,7 +89,7 @@ def resolve_config_file(name_or_path: str) -> Path:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -7,6 +7,7 @@ Heavy imports (torch, decoders) happen inside the stage that needs them.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -95,6 +96,11 @@ def load_dataset(cfg: Config, progress: bool = False) -> datasets.Dataset:
 
 def run_ingest(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
     dataset = load_dataset(cfg, progress=options.progress)
+    without_file = dataset.videos[~dataset.videos.path.map(lambda p: isinstance(p, str) and os.path.isfile(p))]
+    if extract_config(cfg).source == "videos" and len(without_file):
+        dataset.warnings.append(f"{len(without_file)} of {len(dataset.videos)} listed videos have no video file "
+                                f"(e.g. {', '.join(without_file.video_id[:3])}); extract will record them as failed. "
+                                "Check dataset.videos (or the CSV's path column)")
     for warning in dataset.warnings:
         log.warning("warning: %s", warning)
     outputs = tables.write_ingest_tables(stage_dir, dataset.videos, dataset.class_names)
