@@ -112,10 +112,18 @@ def read_manifest(stage_dir: Path) -> Manifest | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return Manifest(**data)
+        manifest = Manifest(**data)
     except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not a valid manifest ({exc}); delete it or re-run the stage "
-                        "with --force") from exc
+        raise UserError(f"{path} is not a valid manifest ({exc}); re-run the stage (it is rebuilt) or delete "
+                        "the file") from exc
+    wrong = [name for name, kind in MANIFEST_TYPES.items() if not isinstance(getattr(manifest, name), kind)]
+    if wrong:
+        raise UserError(f"{path} is not a valid manifest (wrong type of {', '.join(wrong)}); re-run the stage (it is "
+                        "rebuilt) or delete the file")
+    return manifest
+
+
+MANIFEST_TYPES = {"stage": str, "config": dict, "config_hash": str, "inputs": dict, "outputs": dict, "summary": dict}
 
 
 def freshness(stage_dir: Path, config: dict, inputs: dict) -> Freshness:
@@ -126,7 +134,10 @@ def freshness(stage_dir: Path, config: dict, inputs: dict) -> Freshness:
     output missing/changed size on disk.
     """
     stage_dir = Path(stage_dir)
-    manifest = read_manifest(stage_dir)
+    try:
+        manifest = read_manifest(stage_dir)
+    except UserError as exc:  # a damaged manifest certifies nothing: the stage is rebuilt
+        return Freshness("stale", [f"manifest unreadable: {exc}"])
     if manifest is None:
         return Freshness("missing", ["not run yet"])
     reasons = []

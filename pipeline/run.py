@@ -49,7 +49,7 @@ def stage_inputs(name: str, run: str | None, work_dir: Path) -> dict:
         if upstream in stage.needs or path.exists():
             inputs[f"{where}/manifest.json"] = path
     stage_dir = work_dir / location(name, run)
-    manifest = read_manifest(stage_dir)
+    manifest = _readable_manifest(stage_dir)
     if manifest is not None:
         for key, record in manifest.inputs.items():
             if key.startswith(EXTERNAL_PREFIX):
@@ -63,7 +63,7 @@ def stage_state(name: str, cfg: Config | None, work_dir: Path, run: str | None =
     if cfg is not None:
         settings = STAGES[name].settings(cfg)
     else:
-        manifest = read_manifest(stage_dir)
+        manifest = _readable_manifest(stage_dir)
         settings = manifest.config if manifest else {}
     return freshness(stage_dir, settings, stage_inputs(name, run, work_dir))
 
@@ -201,7 +201,7 @@ def _locations(name: str, work_dir: Path) -> list:
 
 def status_rows(cfg: Config | None, work_dir: Path) -> list:
     """One row per stage (per run for train/evaluate): location, state, created_at, digest, reasons."""
-    rows = []
+    rows, states = [], {}
     for name in ORDER:
         for where, run in _locations(name, work_dir):
             if STAGES[name].per_run and run is None:
@@ -211,8 +211,31 @@ def status_rows(cfg: Config | None, work_dir: Path) -> list:
             if cfg is not None and STAGES[name].per_run:
                 run_cfg = next((c for c in single_runs(cfg) if run_name(c) == run), None)
             state = stage_state(name, run_cfg, work_dir, run)
-            manifest = read_manifest(work_dir / where)
-            rows.append((where, {"fresh": "done"}.get(state.state, state.state),
+            reasons = list(state.reasons) if state.state == "stale" else []
+            if state.state != "missing":
+                reasons += _upstream_problems(name, run, states)
+            states[where] = "stale" if reasons else state.state
+            manifest = _readable_manifest(work_dir / where)
+            rows.append((where, {"fresh": "done"}.get(states[where], states[where]),
                          manifest.created_at if manifest else "", _brief(manifest.summary) if manifest else "",
-                         "; ".join(state.reasons) if state.state == "stale" else ""))
+                         "; ".join(reasons)))
     return rows
+
+
+def _upstream_problems(name: str, run: str | None, states: dict) -> list:
+    """Why a finished stage is out of date because of the stages before it (stale, or gone when needed)."""
+    problems = []
+    for upstream in STAGES[name].needs + STAGES[name].uses:
+        where = location(upstream, run)
+        state = states.get(where, "missing")
+        if state == "stale" or (state == "missing" and upstream in STAGES[name].needs):
+            problems.append(f"upstream {where} is {'stale' if state == 'stale' else 'missing'}")
+    return problems
+
+
+def _readable_manifest(stage_dir: Path):
+    """The manifest, or None when it is absent or damaged (status shows every stage either way)."""
+    try:
+        return read_manifest(stage_dir)
+    except UserError:
+        return None
