@@ -114,6 +114,7 @@ class Trainer:
         train = splits["train"]
         self.train_labels = {int(p): labels for p, labels in zip(train.positions, train.labels)}  # by bank position
         self.samplers = {}  # the extra streams' samplers, by stream name
+        self.bar = tqdm(disable=True)  # progress of fit(); a silent bar for direct train_epoch calls
         self.epoch = 0
         self.best = None
         self.history = []
@@ -191,6 +192,8 @@ class Trainer:
             group["lr"] = learning_rate(self.cfg, epoch)
         self.recipe.start_epoch(epoch)
         dataset = self.epoch_batches(epoch)
+        if self.bar.total is None:  # the first epoch of this process sizes the bar: steps left in the run
+            self.bar.reset(total=len(dataset) * (self.cfg.epochs - epoch))
         total, count, sums = 0.0, 0, {}
         for b, (x, y, chosen, positions, sizes) in enumerate(self.loader(dataset)):
             self.bank.check_finite(x, positions)
@@ -215,6 +218,7 @@ class Trainer:
             count += int(sizes[0])
             for key, value in self.recipe.step_metrics().items():
                 sums[key] = sums.get(key, 0.0) + value
+            self.bar.update()
         self.recipe.end_epoch()
         means = {key: float(value) / len(dataset) for key, value in sums.items()}
         return total / max(count, 1), means
@@ -232,9 +236,9 @@ class Trainer:
 
         main = distributed.is_main()
         writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.epoch) if main else None
-        epochs = tqdm(range(self.epoch, self.cfg.epochs), initial=self.epoch, total=self.cfg.epochs,
-                      desc=f"train {self.recipe.name}", unit="epoch", disable=not (self.progress and main))
-        for epoch in epochs:
+        self.bar = tqdm(desc=f"train {self.recipe.name}", unit="batch", dynamic_ncols=True,
+                        disable=not (self.progress and main))  # one bar over every batch left, with ETA
+        for epoch in range(self.epoch, self.cfg.epochs):
             started = time.perf_counter()
             loss, terms = self.train_epoch(epoch)
             row = {"epoch": epoch, "loss": loss, "lr": learning_rate(self.cfg, epoch), **terms}
@@ -252,7 +256,9 @@ class Trainer:
                 checkpoints.save(self.run_dir / checkpoints.LAST, self.state())
                 self.write_logs(writer, row, terms)
             distributed.barrier()
-            epochs.set_postfix(loss=f"{loss:.4f}", best_mAP=f"{self.best['mAP']:.3f}" if self.best else "-")
+            self.bar.set_postfix(epoch=f"{epoch + 1}/{self.cfg.epochs}", loss=f"{loss:.4f}",
+                                 best_mAP=f"{self.best['mAP']:.3f}" if self.best else "-")
+        self.bar.close()
         if writer is not None:
             writer.close()
         return self.best

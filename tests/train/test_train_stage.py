@@ -172,3 +172,15 @@ def test_predictions_are_float32_even_inside_bf16_autocast(work, monkeypatch):
         return sum(len(col) - len(np.unique(col)) for col in scores.reshape(-1, scores.shape[-1]).T)
 
     assert ties(plain) == 0 and ties(lowered) > 0  # what the guard prevents
+
+
+def test_training_progress_is_one_bar_over_every_batch_with_an_eta(work, capsys):
+    _, args = work
+    assert main(["run", "--stage", "train", *args, *[a for a in FAST if a not in ("--no-progress", "-q")],
+                 "--set", "train.epochs=3"]) == 0
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()
+    bars = [line for line in last if line.startswith("train baseline")]
+    # 24 + 12 + 6 + 3 = 45 train videos in batches of 16 -> 3 batches per epoch, 9 in all
+    assert bars and "9/9" in bars[-1] and "epoch=3/3" in bars[-1] and "batch" in bars[-1]
+    assert any("<" in line and "/9 " in line for line in bars)  # elapsed<remaining: an ETA
