@@ -85,6 +85,8 @@ class MoveConfig(BaseModel):
     clusters: int = Field(64, ge=1, description="NetVLAD clusters")
     vlad_hidden: int = Field(1024, ge=1, description="NetVLAD output width")
     n_head: int = Field(4, ge=1, description="PSA attention heads")
+    psa_dim: int | None = Field(512, ge=1, description="PSA per-head width d_k = d_v (512 as the reference); "
+                                "null = feature dim / n_head")
 
 
 SCHEDULE_KEYS = ("epochs", "lr", "lr_steps", "batch_size")

@@ -263,7 +263,7 @@ class AggregatorTrunk(nn.Module):
         )
 
         agg = MoveModel(in_dim, 1, hidden=1, aggregators=move.aggregators, clusters=move.clusters,
-                        vlad_hidden=move.vlad_hidden, n_head=move.n_head)
+                        vlad_hidden=move.vlad_hidden, n_head=move.n_head, psa_dim=move.psa_dim)
         self.psa, self.netvlad = agg.psa, agg.netvlad
         self.out_dim = agg.feature_dim
 

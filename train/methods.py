@@ -30,7 +30,8 @@ class Recipe:
         head = {}
         if cfg.head == "aggregators":  # "Baseline + Agg": the aggregators MOVE is configured with
             move = self.section("move", MoveConfig)
-            head = {"clusters": move.clusters, "vlad_hidden": move.vlad_hidden, "n_head": move.n_head}
+            head = {"clusters": move.clusters, "vlad_hidden": move.vlad_hidden, "n_head": move.n_head,
+                    "psa_dim": move.psa_dim}
         self.model = models.build(cfg.head, in_dim, num_classes, hidden=cfg.hidden, dropout=cfg.dropout, **head)
         params = {**self.loss_defaults, **cfg.loss.get(self.loss_name, {})}
         self.criterion = losses.build(self.loss_name, np.asarray(class_counts), **params)

@@ -239,13 +239,15 @@ class AggregatorHead(nn.Module):
         n_head: int = 4,
         dropout: float = 0.5,
         psa_dropout: float = 0.1,
+        psa_dim: int | None = 512,
     ):
         super().__init__()
         self.in_dim = int(in_dim)
         self.num_classes = int(num_classes)
         self.feature_dim = int(vlad_hidden) + self.in_dim
         self.netvlad = NetVLADAggregator(self.in_dim, clusters=clusters, hidden=vlad_hidden)
-        self.psa = PSAAggregator(self.in_dim, n_head=n_head, dropout=psa_dropout, attn_dropout=psa_dropout)
+        self.psa = PSAAggregator(self.in_dim, n_head=n_head, d_k=psa_dim, d_v=psa_dim, dropout=psa_dropout,
+                                 attn_dropout=psa_dropout)
         self.classifier = NonlinearClassifier(self.feature_dim, self.num_classes, hidden=hidden, dropout=dropout)
 
     def aggregator_parameters(self):

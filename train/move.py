@@ -149,7 +149,7 @@ class MoveModel(nn.Module):
 
     def __init__(self, in_dim: int, num_classes: int, hidden: int = 2048, aggregators: str = "both",
                  clusters: int = 64, vlad_hidden: int = 1024, n_head: int = 4, dropout: float = 0.5,
-                 psa_dropout: float = 0.1):
+                 psa_dropout: float = 0.1, psa_dim: int | None = 512):
         super().__init__()
         if aggregators not in ("psa", "netvlad", "both"):
             raise ValueError(f"aggregators must be psa, netvlad or both, got {aggregators!r}")
@@ -157,7 +157,8 @@ class MoveModel(nn.Module):
         self.psa = self.netvlad = None
         width = 0
         if aggregators in ("psa", "both"):
-            self.psa = PSAAggregator(self.in_dim, n_head=n_head, dropout=psa_dropout, attn_dropout=psa_dropout)
+            self.psa = PSAAggregator(self.in_dim, n_head=n_head, d_k=psa_dim, d_v=psa_dim, dropout=psa_dropout,
+                                     attn_dropout=psa_dropout)
             width += self.in_dim
         if aggregators in ("netvlad", "both"):
             self.netvlad = NetVLADAggregator(self.in_dim, clusters=clusters, hidden=vlad_hidden)
@@ -248,7 +249,7 @@ class Move(Recipe):
         self.scale = calibration(self.c_tilde, self.move.calib_bias)
         self.model = MoveModel(in_dim, num_classes, hidden=cfg.hidden, aggregators=self.move.aggregators,
                                clusters=self.move.clusters, vlad_hidden=self.move.vlad_hidden,
-                               n_head=self.move.n_head, dropout=cfg.dropout)
+                               n_head=self.move.n_head, dropout=cfg.dropout, psa_dim=self.move.psa_dim)
         self.criterion = losses.build(self.loss_name, counts, **cfg.loss.get(self.loss_name, {}))
         self.last: dict = {}  # what the last training step did (for tests and debugging)
 

@@ -239,3 +239,13 @@ def test_aggregator_head_features_order_and_classifier():
     torch.testing.assert_close(f[:, 8:], head.psa.aggregate(x))
     torch.testing.assert_close(head(x), head.classifier(f.unsqueeze(1)))
     assert head.classifier.in_dim == 20
+
+
+def test_psa_heads_are_512_wide_as_the_reference_whatever_the_feature_dim():
+    from train.move import MoveModel
+
+    for model in (MoveModel(64, 5), models.build("aggregators", 64, 5)):
+        assert model.psa.w_qs.weight.shape == (4 * 512, 64)  # reference: d_k = d_v = 512
+        assert model.psa.fc.weight.shape == (64, 4 * 512)
+    for model in (MoveModel(64, 5, psa_dim=None), models.build("aggregators", 64, 5, psa_dim=None)):
+        assert model.psa.w_qs.weight.shape == (64, 64)  # null: feature dim / heads = 16 per head
