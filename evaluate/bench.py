@@ -10,7 +10,7 @@ import torch
 
 from evaluate.metrics import compute
 
-# Labels per video on VideoLT test.lst (1..5 labels; REFERENCE.md section 1.1).
+# Labels per video on VideoLT test.lst (1..5 labels; counted from the released label file).
 _LABELS_PER_VIDEO = np.array([46973, 3697, 481, 80, 8], dtype=np.float64)
 
 

@@ -1,6 +1,6 @@
 """Literature-exact VideoLT metrics: per-class AP, mAP, head/medium/tail mAP, Acc@1/Acc@5.
 
-Definitions (REFERENCE.md section 2):
+Definitions (those of the published VideoLT / MOVE code):
 
 * **AP** of class c (the reference ``APMeter``): sort the N scores of column c in descending
   order, take the precision ``#positives so far / position`` at every positive, sum, and divide

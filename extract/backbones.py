@@ -250,7 +250,11 @@ def temporal_shift(x: torch.Tensor, n_segment: int, fold_div: int = 8) -> torch.
 
 
 def map_tsm_checkpoint(sd: dict) -> dict:
-    """Official TSM (DataParallel(TSN)) keys -> torchvision ResNet-50 keys (EXTRACT_NOTES 5.3)."""
+    """Official TSM (DataParallel(TSN)) keys -> torchvision ResNet-50 keys.
+
+    Strips ``module.`` / ``base_model.``, maps ``.conv1.net.`` (the shifted convs) to ``.conv1.`` and
+    ``new_fc.*`` to ``fc.*``; the shift itself is added as a hook, so no other key changes.
+    """
     out = {}
     for k, v in sd.items():
         k2 = k

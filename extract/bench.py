@@ -1,4 +1,4 @@
-"""Benchmarks of the extract stage (BENCHMARKS.md "bench extract" and "bench store").
+"""Benchmarks of the extract stage (``pipeline bench extract`` and ``bench store``; see docs/benchmarks.md).
 
 Both measure ratios inside one run against a reference way of doing the same work, repeat each
 measurement (min and median of >= 3) and return a JSON-serialisable dict. Defaults are small so

@@ -1,7 +1,7 @@
 """Frame-index rules.
 
 fixed: ``int(linspace(0, n-1, T))`` (truncation toward zero, repeats for short videos) - the
-VideoLT/MOVE evaluation rule (REFERENCE.md 1.3).
+evaluation rule of the published VideoLT/MOVE code.
 fps:   one frame every 1/fps seconds of video, from the decoder's frame count and average rate:
 ``k = 0..K-1``, ``K = ceil(duration * fps)``, index ``floor(k * rate / fps)`` (capped at n-1).
 """

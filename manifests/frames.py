@@ -1,4 +1,4 @@
-"""Frame-index rules shared by extraction and training (REFERENCE.md section 1.3)."""
+"""Frame-index rules shared by extraction and training (as the published VideoLT/MOVE code samples frames)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Batch augmentations of the VideoLT baselines: mixup (REFERENCE 3.4) and FrameStack (3.6).
+"""Batch augmentations of the VideoLT baselines: mixup and FrameStack, as in the published code.
 
 All randomness comes from an explicit ``torch.Generator`` (``None`` = torch's global RNG). Random numbers
 are drawn on the generator's device and moved to the data's device, so a CPU generator also works for
@@ -64,7 +64,8 @@ def framestack(
     perm: torch.Tensor | None = None,
     return_info: bool = False,
 ):
-    """FrameStack (REFERENCE 3.6) on all ``S`` videos of ``x`` (S, T, D), ``y`` (S, C), per-class ``ap`` (C,).
+    """FrameStack (the published VideoLT rule) on all ``S`` videos of ``x`` (S, T, D), ``y`` (S, C),
+    per-class ``ap`` (C,).
 
     ``perm = randperm(S)`` (or the given ``perm``); ``r_i = mean_c(y_ic * AP_c)``;
     ``beta_i = 0.5 if r_i + r_perm(i) < 1e-5 else r_i / (r_i + r_perm(i))``; ``Fj = int(beta_i * L)``

@@ -1,6 +1,6 @@
 """Configuration of the train stage (validated by pydantic; unknown keys are refused).
 
-Defaults are the published recipe (REFERENCE.md section 3.1): Adam 1e-4, steps x0.1 at epochs 30
+Defaults are the published recipe (the VideoLT baseline scripts): Adam 1e-4, steps x0.1 at epochs 30
 and 60, 100 epochs, batch 128, gradient clipping 20, 60 random training frames and 150 uniform
 evaluation frames, evaluation every 5 epochs.
 """

@@ -1,4 +1,4 @@
-"""Multi-label sigmoid-BCE loss family of the VideoLT baselines (REFERENCE section 3.3 / 3.5).
+"""Multi-label sigmoid-BCE loss family of the VideoLT baselines (as the published VideoLT code).
 
 Every loss is an ``nn.Module`` with ``forward(logits, targets, mask=None) -> scalar`` and
 ``set_epoch(epoch)`` (a no-op except for LDAM-DRW). ``logits`` and ``targets`` are (B, C); targets may be

@@ -1,7 +1,8 @@
 """Methods as short recipes: a head, a loss, an optional re-sampler and batch augmentation.
 
 The training loop (``train.loop``) is the same for every method; it calls the hooks below.
-REFERENCE.md section 3.7 gives the published settings each recipe reproduces.
+Each recipe reproduces the settings of the published VideoLT / MOVE training scripts; where we depart
+from them, docs/decisions.md says so.
 """
 
 from __future__ import annotations

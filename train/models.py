@@ -4,14 +4,14 @@ All modules map per-frame features ``(B, T, D)`` to a per-video output and expos
 Classifiers additionally expose ``.num_classes`` and return raw logits ``(B, C)`` (apply ``sigmoid``
 for multi-label probabilities).
 
-* :class:`NonlinearClassifier` -- "lateavg" (REFERENCE section 3.2): per-frame
+* :class:`NonlinearClassifier` -- "lateavg" (the published VideoLT classifier): per-frame
   ``project(dropout(relu(fc1(x))))`` followed by the mean of the per-frame LOGITS over time.
-* :class:`PSAAggregator` -- static pooled-query multi-head attention (section 4.2). ``forward`` takes an
+* :class:`PSAAggregator` -- static pooled-query multi-head attention (MOVE's PSA). ``forward`` takes an
   explicit query/key mask so that the dynamic MOVE version can be built on top of it.
-* :class:`NetVLADAggregator` -- static gated soft-assignment pooling ("NetVLAGD", section 4.3), with the
+* :class:`NetVLADAggregator` -- static gated soft-assignment pooling ("NetVLAGD", MOVE's NetVLAD), with the
   input BatchNorm split out (:meth:`NetVLADAggregator.normalise`) from the pooling
   (:meth:`NetVLADAggregator.pool`) so that a dynamic version can detach / mask between the two.
-* :class:`AggregatorHead` -- "Baseline + Agg" (section 4.8): ``[NetVLAD, PSA]`` -> NonlinearClassifier.
+* :class:`AggregatorHead` -- "Baseline + Agg" (MOVE's baseline): ``[NetVLAD, PSA]`` -> NonlinearClassifier.
 * :func:`build` -- factory by head name.
 
 Parameter counts (in_dim 2048, C 1004): NonlinearClassifier 6,253,548 (3072 input: 8,350,700);
@@ -73,7 +73,7 @@ class NonlinearClassifier(nn.Module):
 
 
 class PSAAggregator(nn.Module):
-    """Static pooled-query multi-head attention aggregator (REFERENCE section 4.2).
+    """Static pooled-query multi-head attention aggregator (MOVE's PSA).
 
     ``forward(x, query=None, key_mask=None)`` returns ``(B, Q, D)``:
 
@@ -183,7 +183,7 @@ class _GatedVLAD(nn.Module):
 
 
 class NetVLADAggregator(nn.Module):
-    """Static NetVLAD ("NetVLAGD") aggregator (REFERENCE section 4.3, no DFS), (B, T, D) -> (B, hidden).
+    """Static NetVLAD ("NetVLAGD") aggregator (MOVE's NetVLAD, no DFS), (B, T, D) -> (B, hidden).
 
     ``forward(x, frame_mask=None) = pool(normalise(x), frame_mask)`` where
 
@@ -223,7 +223,7 @@ class NetVLADAggregator(nn.Module):
 
 
 class AggregatorHead(nn.Module):
-    """"Baseline + Agg" (REFERENCE section 4.8): static NetVLAD + static PSA -> NonlinearClassifier.
+    """"Baseline + Agg" (of the published MOVE code): static NetVLAD + static PSA -> NonlinearClassifier.
 
     ``features(x) = concat([NetVLAD(x) (vlad_hidden), PSA(x) (in_dim)])``; the classifier sees it as a
     one-frame clip ``(B, 1, vlad_hidden + in_dim)``.

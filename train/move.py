@@ -1,5 +1,6 @@
 """MOVE (AAAI'23): dynamic PSA + NetVLAD aggregators, Dynamic Frame Sampler, dynamic extrapolation and
-calibrated interpolation (REFERENCE.md section 4, quirks section 8, pseudo-code section 10).
+calibrated interpolation, as in the published MOVE code (its quirks and our deviations are listed in
+docs/decisions.md, MOVE).
 
 Training step (:meth:`Move.training_loss`), for a batch ``x`` (B, T, D) with multi-hot ``y`` (B, C):
 
@@ -14,7 +15,8 @@ Training step (:meth:`Move.training_loss`), for a batch ``x`` (B, T, D) with mul
 3. **Dynamic NetVLAD** (:meth:`MoveModel.dynamic_netvlad`): input BatchNorm over the B*T frame rows, then
    (``reference`` only) ``detach`` so the input BN's affine parameters get no gradient; per video and per
    view keep a random ``k ~ U{L_i..T}`` subset of frames (the others are zeroed); both views are pooled
-   as one 2B batch (so the inner BatchNorms see 2B rows, REFERENCE section 8 item 19, in both modes).
+   as one 2B batch (so the inner BatchNorms see 2B rows as in the published code, in both modes; see
+   docs/decisions.md, MOVE).
 4. **Extrapolation**: ``F_v = [PSA_v, VLAD_v]``, one ``omega ~ Beta(2,2) + 1`` per batch,
    ``E = omega F1 + (1 - omega) F2``. Off (``move.extrapolation=false``): only one view is computed and
    ``E = F1``.
@@ -36,7 +38,8 @@ Beta(2,2): the 2nd order statistic of 3 uniforms), ``lambda`` (one float64 unifo
 ``perm``. ``k = L + floor(u (T - L + 1))`` is uniform on ``{L..T}``; the subset of size k is the set of
 frames whose uniform ranks below k, a uniformly random k-subset.
 
-The MiniKinetics batch bug (REFERENCE 5.7) is never reproduced: the DFS runs for every video.
+The MiniKinetics batch bug (the published Imbalanced-MiniKinetics200 MOVE applies the DFS to the first video
+of each batch only; see docs/decisions.md, MOVE) is never reproduced: the DFS runs for every video.
 """
 
 from __future__ import annotations
@@ -70,8 +73,8 @@ def dfs_bounds(class_counts, train_frames: int = 60, sigma: float = 3.0):
     """Per-class DFS lower bound ``lb_c`` (float64) and the min-max normalised frequency ``c~_c``.
 
     ``p_c = n_c / sum(n)``, ``c~_c = (p_c - min p) / (max p - min p)``, ``lb_c = max(c~_c * train_frames,
-    sigma)`` (REFERENCE 4.4; computed in float64 through ``p`` like the reference). When every class has
-    the same count ``c~ = 0`` (no class is a head class; the reference would divide by zero).
+    sigma)`` (the published MOVE bound; computed in float64 through ``p`` like the reference). When every
+    class has the same count ``c~ = 0`` (no class is a head class; the reference would divide by zero).
     """
     n = count_vector(class_counts)
     total = n.sum()
@@ -100,7 +103,7 @@ def video_bounds(lb, y) -> np.ndarray:
 
 
 def calibration(c_tilde, gamma: float = 0.5):
-    """Per-class target scale ``s_c = 1 - c~_c + gamma`` (REFERENCE 4.6); numpy in, numpy out."""
+    """Per-class target scale ``s_c = 1 - c~_c + gamma`` (MOVE's calibrated targets); numpy in, numpy out."""
     return 1.0 - np.asarray(c_tilde, dtype=np.float64) + float(gamma)
 
 
@@ -254,7 +257,7 @@ class Move(Recipe):
         self.last: dict = {}  # what the last training step did (for tests and debugging)
 
     def clip_parameters(self):
-        """MOVE never clips gradients (REFERENCE 4.7 / 8.13)."""
+        """MOVE never clips gradients, as the published MOVE code (see docs/decisions.md, MOVE)."""
         return []
 
     def start_epoch(self, epoch: int) -> None:

@@ -1,4 +1,4 @@
-"""Class-aware re-sampling for CBS / SRS (REFERENCE section 3.5) and MEDC's inverse expert.
+"""Class-aware re-sampling for CBS / SRS (as the published VideoLT code) and MEDC's inverse expert.
 
 Each draw first picks a class ``c*`` and then a video uniformly among the videos labelled ``c*``
 (a multi-label video keeps all its labels as targets; ``c*`` only decides the draw):
