@@ -61,12 +61,20 @@ def _table(header, rows) -> str:
     return "\n".join([_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)])
 
 
-METHODS_NOTE = ("## Long-tailed methods\n\nWhich method works (mAP overall / head / medium / tail over 3 seeds, "
+METHODS_HEADING = "## Long-tailed methods"
+METHODS_NOTE = (METHODS_HEADING + "\n\nWhich method works (mAP overall / head / medium / tail over 3 seeds, "
                 "mean ± std) is measured by `python -m pipeline run --config lt_bench`, not by a `bench` command: "
                 "see [lt_benchmark.md](lt_benchmark.md).")
 
 
-def render(results: dict) -> str:
+def methods_section(previous: str) -> str:
+    """The long-tailed methods section of an earlier report (kept when `bench all` rewrites it), else a
+    pointer to docs/lt_benchmark.md."""
+    start = previous.find(METHODS_HEADING)
+    return previous[start:].strip() if start >= 0 else METHODS_NOTE
+
+
+def render(results: dict, methods: str = METHODS_NOTE) -> str:
     """docs/benchmarks.md for the results of :func:`run_benchmark` (any subset of benchmarks)."""
     parts = [f"# Benchmarks\n\nWritten by `python -m pipeline bench all` on {date.today().isoformat()} "
              f"({platform.machine()}, {platform.python_version()}; a shared 2-core CPU machine unless "
@@ -134,5 +142,5 @@ def render(results: dict) -> str:
             "## end-to-end demo\n\n`python -m pipeline run` (the demo) from an empty work directory: "
             f"**{r['first_run_s']} s**; run again (every stage cached): **{r['cached_run_s']} s**.\n\n"
             + _table(["stage", "seconds"], [[k, r["stages_s"][k]] for k in sorted(r["stages_s"], key=_stage_order)]))
-    parts.append(METHODS_NOTE)
+    parts.append(methods)
     return "\n\n".join(parts) + "\n"

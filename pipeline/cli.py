@@ -201,7 +201,7 @@ def cmd_bench(args) -> int:
     import json
 
     from manifests.files import write_text_atomic
-    from pipeline.benchmarks import render, run_benchmark
+    from pipeline.benchmarks import methods_section, render, run_benchmark
 
     names = BENCHMARKS[:-1] if args.what == "all" else (args.what,)
     results = {}
@@ -210,7 +210,9 @@ def cmd_bench(args) -> int:
         results[name] = run_benchmark(name)
         print(json.dumps(results[name]), flush=True)
     if args.what == "all":
-        write_text_atomic(Path(args.out), render(results))
+        out = Path(args.out)
+        previous = out.read_text(encoding="utf-8") if out.is_file() else ""
+        write_text_atomic(out, render(results, methods_section(previous)))  # measured tables are kept
         log.info("benchmark report written to %s", args.out)
     return 0
 

@@ -20,3 +20,14 @@ def test_render_reports_every_benchmark_it_was_given(tmp_path):
     assert "## bench extract" not in text
     assert f"**{results['evaluate']['speedup']:.1f}x**" in text
     assert "| baseline |" in text and "| train/baseline | 1.5 |" in text and "**61.0 s**" in text
+
+
+def test_rewriting_the_report_keeps_the_measured_methods_section():
+    from pipeline.benchmarks import METHODS_NOTE, methods_section
+
+    previous = "# Benchmarks\n\n## bench evaluate\n\nold numbers\n\n## Long-tailed methods\n\n| baseline | 0.425 |\n"
+    kept = methods_section(previous)
+    assert kept == "## Long-tailed methods\n\n| baseline | 0.425 |"
+    text = render({}, kept)
+    assert text.endswith("| baseline | 0.425 |\n") and "old numbers" not in text
+    assert methods_section("# Benchmarks\n") == METHODS_NOTE
