@@ -96,8 +96,10 @@ def load_dataset(cfg: Config, progress: bool = False) -> datasets.Dataset:
 
 def run_ingest(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
     dataset = load_dataset(cfg, progress=options.progress)
-    without_file = dataset.videos[~dataset.videos.path.map(lambda p: isinstance(p, str) and os.path.isfile(p))]
-    if extract_config(cfg).source == "videos" and len(without_file):
+    has_file = dataset.videos.path.map(lambda p: isinstance(p, str) and os.path.isfile(p))
+    without_file = dataset.videos[~has_file]
+    # label lists without any video (released features, splits only) are fine; a partial set of files is not
+    if extract_config(cfg).source == "videos" and has_file.any() and len(without_file):
         dataset.warnings.append(f"{len(without_file)} of {len(dataset.videos)} listed videos have no video file "
                                 f"(e.g. {', '.join(without_file.video_id[:3])}); extract will record them as failed. "
                                 "Check dataset.videos (or the CSV's path column)")

@@ -154,7 +154,7 @@ CONFIG_CASES = {
     "unknown key": (["config", "--set", "train.epoch=3"],
                     ["unknown key 'train.epoch'", "valid keys here: method, head, hidden, dropout, loss, epochs"]),
     "unknown section": (["config", "--set", "trian.epochs=3"],
-                        ["unknown key 'trian'", "valid keys here: work_dir, seed, dataset, extract, split, train"]),
+                        ["unknown key 'trian'", "valid keys here: work_dir, seed, seeds, dataset, extract, split, train"]),
     "unknown key in a file": (["config", "--config", "{bad_yaml}"],
                               ["unknown key 'split.imbalanse'", "valid keys here: profile, imbalance"]),
     "wrong type": (["config", "--set", "train.epochs=many"],
@@ -421,7 +421,7 @@ def test_disk_full_during_extract_is_an_error_with_the_path_and_resumes(small_de
 def test_disk_full_while_writing_a_checkpoint_is_one_error_with_the_path(feature_work_dir, tmp_path):
     work = tmp_path / "work"
     args = [*feature_work_dir(work), "--set", "train.method=baseline", "--set", "train.epochs=2",
-            "--set", "train.hidden=2048", "--no-progress"]
+            "--set", "train.hidden=2048", "--set", "train.lr=0.001", "--set", "train.lr_steps=[]", "--no-progress"]
     result = cli("run", "-q", "--stage", "train", *args, preexec_fn=disk_limited(200 * 1024))  # last.pt: ~0.5 MB
     assert result.returncode == 2, result.stderr[-3000:]
     one_error(result.stderr, str(work / "train" / "baseline" / "last.pt"))

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.faults
 
 TRAIN = ["--set", "train.method=baseline", "--set", "train.batch_size=8", "--set", "train.hidden=64",
          "--set", "train.eval_every=2", "--set", "train.train_frames=4", "--set", "train.eval_frames=6",
-         "--no-progress"]
+         "--set", "train.lr=0.001", "--no-progress"]
 
 
 @pytest.fixture

@@ -32,7 +32,8 @@ class Payload:
 
 
 FAST = ["--set", "train.method=baseline", "--set", "train.epochs=2", "--set", "train.batch_size=16",
-        "--set", "train.hidden=32", "--set", "train.eval_every=1", "--no-progress"]
+        "--set", "train.hidden=32", "--set", "train.eval_every=1", "--set", "train.lr=0.001",
+        "--set", "train.lr_steps=[]", "--no-progress"]
 
 
 # ------------------------------------------------------------------------------------- checkpoints
