@@ -76,6 +76,15 @@ class FeatureBank:
                         "contain NaN or Inf; re-run the extract stage with --repair")
 
 
+def batch_spans(num_videos: int, batch_size: int, world: int = 1) -> list:
+    """``(start, stop)`` of each batch of an epoch of ``num_videos``; a last batch of fewer than two
+    videos per process joins the one before it (BatchNorm needs two rows)."""
+    cuts = list(range(0, num_videos, batch_size))
+    if len(cuts) > 1 and num_videos - cuts[-1] < 2 * world:
+        cuts.pop()
+    return list(zip(cuts, cuts[1:] + [num_videos]))
+
+
 def batch_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
     """The random stream of one training batch."""
     return np.random.default_rng([seed, epoch, batch])

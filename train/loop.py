@@ -25,7 +25,7 @@ from manifests.errors import StageFailed
 from manifests.files import write_text_atomic
 from train import checkpoints, distributed
 from train.config import TrainConfig
-from train.data import EpochBatches, FeatureBank, eval_frames
+from train.data import EpochBatches, FeatureBank, batch_spans, eval_frames
 from train.methods import Recipe
 
 log = logging.getLogger("pipeline")
@@ -153,10 +153,7 @@ class Trainer:
             order, picked = draws[:, 0], draws[:, 1]
         else:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(train.positions))
-        cuts = list(range(0, len(order), self.cfg.batch_size))
-        if len(cuts) > 1 and len(order) - cuts[-1] < 2 * distributed.rank_and_world()[1]:
-            cuts.pop()  # a last batch of one video (per process) joins the one before: BatchNorm needs two
-        spans = list(zip(cuts, cuts[1:] + [len(order)]))
+        spans = batch_spans(len(order), self.cfg.batch_size, distributed.rank_and_world()[1])
         batches = [train.positions[order[a:b]] for a, b in spans]
         chosen = None if picked is None else [picked[a:b] for a, b in spans]
         streams = []

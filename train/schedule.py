@@ -13,10 +13,9 @@ smaller dataset or a shorter run they silently stop doing anything, so:
 
 from __future__ import annotations
 
-import math
-
 from manifests.errors import UserError
 from train.config import TrainConfig
+from train.data import batch_spans
 
 FEW_STEPS = 500
 VIDEOLT_LR = 1e-4
@@ -24,11 +23,8 @@ DRW_DEFAULT = 50  # LDAM-DRW's published switch epoch (train.losses)
 
 
 def optimiser_steps(cfg: TrainConfig, num_train: int) -> int:
-    """Optimiser steps of a whole run: epochs x batches per epoch (a last single video joins a batch)."""
-    per_epoch = max(1, math.ceil(num_train / cfg.batch_size))
-    if per_epoch > 1 and num_train % cfg.batch_size == 1:
-        per_epoch -= 1
-    return cfg.epochs * per_epoch
+    """Optimiser steps of a whole run: epochs x the loop's batches per epoch."""
+    return cfg.epochs * len(batch_spans(num_train, cfg.batch_size))
 
 
 def check_schedule(cfg: TrainConfig, method: str, num_train: int) -> list:
