@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,8 @@ from manifests.errors import StageFailed, UserError
 from manifests.files import atomic_path
 
 from .config import ExtractConfig
-from .store import (CorruptShardError, FeatureStore, ShardWriter, list_shards, remove_partials, SHARD_RE)
+from .store import (CorruptShardError, FeatureStore, ShardWriter, list_shards, read_shard_index, remove_partials,
+                    SHARD_RE)
 
 # A child of the CLI's "pipeline" logger: `-q` (pipeline/root at WARNING) keeps its INFO lines off the console.
 log = logging.getLogger("pipeline.extract")
@@ -296,23 +297,48 @@ class _StopFlag:
 
 # --------------------------------------------------------------------------- the stage
 
-def _open_existing(stage_dir: Path, repair: bool) -> FeatureStore:
+def _open_existing(stage_dir: Path, repair: bool, verify: Sequence[str] = ()) -> FeatureStore:
+    """The store already in ``stage_dir``. Shards named in ``verify`` (changed on disk since the last
+    finished run) must pass their feature checksums: those that fail are moved aside and re-extracted."""
+    damaged = _failing_checksums(stage_dir, verify)
+    if damaged:
+        _move_aside(stage_dir, damaged, "changed on disk since the last finished run and failed its checksum")
     store = FeatureStore(stage_dir, on_corrupt="skip", deep_verify=repair)
     if store.corrupt:
-        names = ", ".join(n for n, _ in store.corrupt)
         if not repair:
             raise CorruptShardError(
                 store.corrupt, f"in {stage_dir}; re-run with --repair to move them aside and re-extract their "
                                "videos (nothing else is lost)")
-        aside = stage_dir / "corrupt"
-        aside.mkdir(exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        for name, why in store.corrupt:
-            shutil.move(str(stage_dir / name), str(aside / f"{name}.{stamp}"))
-            log.warning("repair: moved corrupt shard %s aside (%s); its videos will be re-extracted", name, why)
-        print(f"extract: repair moved {len(store.corrupt)} corrupt shard(s) to {aside}: {names}", file=sys.stderr)
+        _move_aside(stage_dir, store.corrupt, "repair")
         store = FeatureStore(stage_dir, on_corrupt="raise")
     return store
+
+
+def _failing_checksums(stage_dir: Path, names: Sequence[str]) -> list[tuple[str, str]]:
+    """(name, problem) for each named shard that fails a deep check (structure and feature checksum)."""
+    failing = []
+    for name in names:
+        path = stage_dir / name
+        if not path.exists():
+            continue
+        try:
+            read_shard_index(path, deep=True)
+            log.info("verified %s (changed on disk since the last finished run): checksums intact", name)
+        except ValueError as exc:
+            failing.append((name, str(exc)))
+    return failing
+
+
+def _move_aside(stage_dir: Path, shards: list[tuple[str, str]], why: str) -> None:
+    """Move damaged shards to ``corrupt/`` (never delete); their videos are extracted again."""
+    aside = stage_dir / "corrupt"
+    aside.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name, problem in shards:
+        shutil.move(str(stage_dir / name), str(aside / f"{name}.{stamp}"))
+        log.warning("%s: moved shard %s aside (%s); its videos will be re-extracted", why, name, problem)
+    names = ", ".join(name for name, _ in shards)
+    print(f"extract: moved {len(shards)} damaged shard(s) to {aside} ({why}): {names}", file=sys.stderr)
 
 
 class _LogFile(logging.FileHandler):
@@ -369,20 +395,23 @@ def _teardown_logging(state) -> None:
 
 
 def run_extract(cfg: ExtractConfig, videos: pd.DataFrame, stage_dir: Path, *, retry_failed: bool = False,
-                repair: bool = False, progress: bool = True) -> dict:
-    """Extract (or import) features of `videos` into `stage_dir`; see the module doc."""
+                repair: bool = False, progress: bool = True, verify: Sequence[str] = ()) -> dict:
+    """Extract (or import) features of `videos` into `stage_dir`; see the module doc.
+
+    ``verify``: shard file names to check deeply before their videos count as done (the pipeline
+    passes the shards that changed on disk since the last finished run)."""
     t_start = time.time()
     stage_dir = Path(stage_dir)
     inputs = _input_table(videos)
     _mkdir(stage_dir)
     logging_state = _setup_logging(stage_dir)
     try:
-        return _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start)
+        return _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start, verify)
     finally:
         _teardown_logging(logging_state)
 
 
-def _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start) -> dict:
+def _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start, verify=()) -> dict:
     if cfg.source == "npy":
         if not cfg.npy_dir:
             raise UserError("extract.source=npy needs extract.npy_dir (the folder of <video_id>.npy files)")
@@ -392,7 +421,7 @@ def _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start) -> dic
     removed = remove_partials(stage_dir)
     if removed:
         log.info("removed %d partial file(s) of an interrupted run: %s", len(removed), removed)
-    store = _open_existing(stage_dir, repair)
+    store = _open_existing(stage_dir, repair, verify)
     wid = weights_identity(cfg)
     fp = fingerprint(cfg, wid)
     if len(store) and store.attrs.get("fingerprint") != fp:

@@ -9,7 +9,9 @@ elsewhere; files outside it (datasets) are recorded with absolute paths.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -20,8 +22,13 @@ from manifests.files import portable_path, sha256_file, sha256_json, write_json_
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-# Outputs up to this size get a sha256 in the manifest ("where cheap"); larger ones only a size.
+# The manifest of the last finished build, kept while a stage is being rebuilt (see retire_manifest).
+PREVIOUS_MANIFEST_NAME = "manifest.previous.json"
+# Outputs up to this size get a sha256 in the manifest ("where cheap"). Larger ones get a cheap but
+# meaningful fingerprint: size, modification time and a sha256 of SAMPLE_BLOCKS evenly spaced blocks.
 HASH_OUTPUTS_UP_TO_BYTES = 16 * 1024 * 1024
+SAMPLE_BLOCKS = 32
+SAMPLE_BLOCK_BYTES = 64 * 1024
 
 
 def package_version() -> str:
@@ -74,14 +81,7 @@ def build_manifest(stage: str, stage_dir: Path, config: dict, inputs: dict, outp
                    summary: dict) -> Manifest:
     """Describe a finished stage: hashes its inputs and outputs (outputs relative to stage_dir)."""
     stage_dir = Path(stage_dir)
-    output_records = {}
-    for name in sorted(outputs):
-        path = stage_dir / name
-        size = path.stat().st_size
-        record = {"size": size}
-        if size <= HASH_OUTPUTS_UP_TO_BYTES:
-            record["sha256"] = sha256_file(path)
-        output_records[name] = record
+    output_records = {name: output_record(stage_dir / name) for name in sorted(outputs)}
     return Manifest(
         stage=stage,
         config=config,
@@ -92,6 +92,64 @@ def build_manifest(stage: str, stage_dir: Path, config: dict, inputs: dict, outp
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         package_version=package_version(),
     )
+
+
+def output_record(path: Path) -> dict:
+    """How a manifest remembers one output: size + sha256 when cheap, else size + mtime + sampled sha256."""
+    stat = path.stat()
+    if stat.st_size <= HASH_OUTPUTS_UP_TO_BYTES:
+        return {"size": stat.st_size, "sha256": sha256_file(path)}
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sampled_sha256": sampled_sha256(path)}
+
+
+def sampled_sha256(path: Path) -> str:
+    """sha256 of SAMPLE_BLOCKS blocks spread evenly over a file, the first and last included."""
+    size = path.stat().st_size
+    last = max(0, size - SAMPLE_BLOCK_BYTES)
+    starts = sorted({round(i * last / (SAMPLE_BLOCKS - 1)) for i in range(SAMPLE_BLOCKS)})
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for start in starts:
+            handle.seek(start)
+            digest.update(handle.read(SAMPLE_BLOCK_BYTES))
+    return digest.hexdigest()
+
+
+def output_change(path: Path, record: dict) -> str | None:
+    """Why ``path`` no longer matches its manifest record (None when it does)."""
+    if not isinstance(record, dict):
+        return "output record unreadable"
+    if not path.exists():
+        return "output missing"
+    stat = path.stat()
+    if stat.st_size != record.get("size"):
+        return "output changed on disk"
+    if "sha256" in record:
+        return None if sha256_file(path) == record["sha256"] else "output changed on disk"
+    if "sampled_sha256" in record and sampled_sha256(path) != record["sampled_sha256"]:
+        return "output changed on disk"
+    if "mtime_ns" in record and stat.st_mtime_ns != record["mtime_ns"]:
+        return "output modified on disk since the stage finished"
+    return None
+
+
+def retire_manifest(stage_dir: Path) -> None:
+    """Before a stage is rebuilt: keep its manifest as ``manifest.previous.json`` (so the rebuild can
+    tell which of the old outputs changed on disk, even after a crash) and remove ``manifest.json``."""
+    current, previous = manifest_path(stage_dir), Path(stage_dir) / PREVIOUS_MANIFEST_NAME
+    if current.exists():
+        os.replace(current, previous)
+
+
+def changed_outputs(stage_dir: Path) -> list[str]:
+    """Outputs recorded by the last finished build of ``stage_dir`` that changed on disk since."""
+    path = Path(stage_dir) / PREVIOUS_MANIFEST_NAME
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))["outputs"]
+        return sorted(name for name, record in records.items()
+                      if (Path(stage_dir) / name).exists() and output_change(Path(stage_dir) / name, record))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
 
 
 def write_manifest(stage_dir: Path, manifest: Manifest) -> Path:
@@ -131,7 +189,7 @@ def freshness(stage_dir: Path, config: dict, inputs: dict) -> Freshness:
 
     ``inputs`` maps input names to the files they are now (e.g. upstream manifests). Stale
     reasons name what changed: config, an input's content, an input added/removed, or an
-    output missing/changed size on disk.
+    output missing or changed on disk (see output_change).
     """
     stage_dir = Path(stage_dir)
     try:
@@ -156,11 +214,9 @@ def freshness(stage_dir: Path, config: dict, inputs: dict) -> Freshness:
         elif sha256_file(inputs[name]) != manifest.inputs[name]["sha256"]:
             reasons.append(f"input {name!r} changed since this stage ran ({inputs[name]})")
     for name, record in manifest.outputs.items():
-        path = stage_dir / name
-        if not path.exists():
-            reasons.append(f"output missing: {name}")
-        elif path.stat().st_size != record["size"] or ("sha256" in record and sha256_file(path) != record["sha256"]):
-            reasons.append(f"output changed on disk: {name}")
+        change = output_change(stage_dir / name, record)
+        if change:
+            reasons.append(f"{change}: {name}")
     return Freshness("stale" if reasons else "fresh", reasons)
 
 

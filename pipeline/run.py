@@ -18,8 +18,8 @@ from pathlib import Path
 
 from manifests.errors import UserError
 from manifests.files import resolve_portable
-from manifests.manifest import (Freshness, build_manifest, freshness, manifest_path,
-                                read_manifest, write_manifest)
+from manifests.manifest import (PREVIOUS_MANIFEST_NAME, Freshness, build_manifest, changed_outputs, freshness,
+                                manifest_path, read_manifest, retire_manifest, write_manifest)
 from pipeline.config import Config, run_name, single_runs
 from pipeline.stages import ORDER, STAGES, RunOptions
 
@@ -159,10 +159,11 @@ def _run_stage(name: str, cfg: Config, work_dir: Path, options: RunOptions) -> s
     try:
         stage_dir.mkdir(parents=True, exist_ok=True)
         if is_main_process():
-            manifest_path(stage_dir).unlink(missing_ok=True)  # a stage being rebuilt is not done
+            retire_manifest(stage_dir)  # a stage being rebuilt is not done
     except OSError as exc:
         raise UserError(f"cannot write the {where} stage folder {stage_dir}: {exc.strerror}; check the work "
                         "dir path, its permissions and free disk space") from None
+    options = replace(options, changed_outputs=tuple(changed_outputs(stage_dir)))
     if not is_main_process():  # torchrun: the other processes train; rank 0 records the stage
         stage.run(cfg, stage_dir, work_dir, options)
         return "ran"
@@ -173,6 +174,7 @@ def _run_stage(name: str, cfg: Config, work_dir: Path, options: RunOptions) -> s
     inputs.update({EXTERNAL_PREFIX + key: path for key, path in result.external_inputs.items()})
     manifest = build_manifest(where, stage_dir, stage.settings(cfg), inputs, result.outputs, result.summary)
     write_manifest(stage_dir, manifest)
+    (stage_dir / PREVIOUS_MANIFEST_NAME).unlink(missing_ok=True)
     log.info("%-8s done in %.1f s (%s) -> %s", where, result.summary["seconds"], _brief(result.summary), stage_dir)
     return "ran"
 

@@ -35,6 +35,7 @@ class RunOptions:
     retry_failed: bool = False
     repair: bool = False
     progress: bool = True
+    changed_outputs: tuple = ()  # outputs of the stage's last finished build that changed on disk since
 
 
 @dataclass
@@ -198,7 +199,8 @@ def run_extract_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: Run
 
     videos = tables.read_ingest_videos(work_dir / "ingest")
     summary = run_extract(extract_config(cfg), videos, stage_dir, retry_failed=options.retry_failed,
-                          repair=options.repair, progress=options.progress)
+                          repair=options.repair, progress=options.progress,
+                          verify=[name for name in options.changed_outputs if name.endswith(".h5")])
     outputs = [tables.VIDEOS] + sorted(p.name for p in stage_dir.glob("*.h5"))
     return StageResult(outputs, summary)
 

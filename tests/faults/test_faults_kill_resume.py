@@ -7,6 +7,7 @@ cleanly at the next safe point, says how to resume". Every kill point is drawn f
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import time
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from extract.store import read_shard_index
 from faults_utils import (EXTRACT_FAST, TRAIN_EPOCHS, TRAIN_FAST, Child, assert_same_store, checkpoint_epoch, cli,
                           demo_args, demo_videos, load_checkpoint, log_rows, manifest, ok, same_state_dict, shards,
                           without_timing)
@@ -261,7 +263,7 @@ def test_sigkill_during_evaluate_then_rerun_gives_the_uninterrupted_metrics(trai
 
 # ------------------------------------------------------------------------- a shard damaged on disk
 
-def test_truncated_shard_is_reported_by_name_and_repaired_by_the_command_line(extract_reference, demo, tmp_path):
+def test_truncated_shard_is_reported_by_name_and_re_extracted_by_a_rerun(extract_reference, demo, tmp_path):
     reference, ids = extract_reference
     work = tmp_path / "work"
     shutil.copytree(reference.parent, work)
@@ -273,6 +275,25 @@ def test_truncated_shard_is_reported_by_name_and_repaired_by_the_command_line(ex
     assert f"output changed on disk: {victim.name}" in text
     downstream = cli("run", "-q", "--stage", "split", *demo_args(demo, work))
     assert downstream.returncode == 2 and "needs 'extract', which is stale" in downstream.stderr
+
+    rerun = ok(cli(*extract_command(demo, work)))  # the manifest certified it: the damage is on disk
+    assert f"moved 1 damaged shard(s) to {stage / 'corrupt'}" in rerun.stderr and victim.name in rerun.stderr
+    assert [p.name.split(".h5.")[0] + ".h5" for p in (stage / "corrupt").iterdir()] == [victim.name]
+    summary = manifest(stage)["summary"]
+    assert (summary["ok"], summary["processed"]) == (len(ids), 1)  # only the lost video is extracted again
+    assert_same_store(stage, reference, ids)
+    assert not (stage / "manifest.previous.json").exists()
+
+
+def test_truncated_shard_without_a_finished_manifest_needs_repair(extract_reference, demo, tmp_path):
+    """A shard nobody certified (no finished run recorded it) is not moved without --repair."""
+    reference, ids = extract_reference
+    work = tmp_path / "work"
+    shutil.copytree(reference.parent, work)
+    stage = work / "extract"
+    (stage / "manifest.json").unlink()  # as after a crash before the stage finished
+    victim = shards(stage)[3]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     rerun = cli("run", "-q", *extract_command(demo, work)[1:])
     assert rerun.returncode == 2 and "Traceback" not in rerun.stderr
     assert f"corrupted feature shard(s): {victim.name}" in rerun.stderr and "--repair" in rerun.stderr
@@ -280,5 +301,35 @@ def test_truncated_shard_is_reported_by_name_and_repaired_by_the_command_line(ex
     repaired = ok(cli(*extract_command(demo, work), "--repair"))
     assert victim.name in repaired.stderr and list((stage / "corrupt").iterdir())
     summary = manifest(stage)["summary"]
-    assert (summary["ok"], summary["processed"]) == (len(ids), 1)  # only the lost video is extracted again
+    assert (summary["ok"], summary["processed"]) == (len(ids), 1)
     assert_same_store(stage, reference, ids)
+
+
+@pytest.mark.parametrize("keep_mtime", [False, True])
+def test_flipped_feature_bytes_are_never_recertified(extract_reference, demo, tmp_path, keep_mtime):
+    """16 bytes flipped inside the feature data (same size): the re-run checks the shard's stored feature
+    checksum before counting its video as done, and extracts that video again."""
+    reference, ids = extract_reference
+    work = tmp_path / "work"
+    shutil.copytree(reference.parent, work)
+    stage = work / "extract"
+    victim = shards(stage)[5]
+    index = read_shard_index(victim)
+    before = victim.stat()
+    data = bytearray(victim.read_bytes())
+    start = index.feat_offset + 8
+    data[start:start + 16] = bytes(255 - b for b in data[start:start + 16])
+    victim.write_bytes(bytes(data))
+    if keep_mtime:
+        os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert victim.stat().st_size == before.st_size
+
+    assert f"output changed on disk: {victim.name}" in ok(cli("status", "--work-dir", work)).stdout
+    rerun = ok(cli(*extract_command(demo, work)))
+    assert victim.name in rerun.stderr and "failed its checksum" in rerun.stderr
+    summary = manifest(stage)["summary"]
+    assert (summary["ok"], summary["processed"]) == (len(ids), 1)
+    assert_same_store(stage, reference, ids)
+    extract_row = next(line for line in ok(cli("status", "--work-dir", work)).stdout.splitlines()
+                       if line.split()[:1] == ["extract"])
+    assert extract_row.split()[1] == "done", extract_row
