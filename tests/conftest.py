@@ -89,3 +89,16 @@ def write_feature_work_dir(work_dir: Path, num_classes=4, per_class=(24, 12, 6, 
 def feature_work_dir():
     """:func:`write_feature_work_dir` as a fixture (test modules cannot import conftest reliably)."""
     return write_feature_work_dir
+
+
+def pytest_collection_modifyitems(config, items):
+    """Scale every test's pytest-timeout (its marker or the ini default) with the machine (machine_load)."""
+    from machine_load import time_scale
+
+    scale = time_scale()
+    default = float(config.getini("timeout") or 0)
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        seconds = float(marker.args[0]) if marker and marker.args else default
+        if seconds:
+            item.add_marker(pytest.mark.timeout(seconds * scale), append=False)

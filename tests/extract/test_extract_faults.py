@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from extract.store import FeatureStore
+from machine_load import scaled
 
 N_VIDEOS = 10
 
@@ -53,14 +54,14 @@ def _start(d, out):
 
 def _run(d, out):
     p = subprocess.run([sys.executable, str(d / "run.py"), str(d / "videos.csv"), str(out)],
-                       capture_output=True, text=True, env=_env(), timeout=300)
+                       capture_output=True, text=True, env=_env(), timeout=scaled(300))
     assert p.returncode == 0, p.stderr[-3000:]
     return p.stdout
 
 
-def _wait_for_first_shard(proc, out, timeout=120):
+def _wait_for_first_shard(proc, out, timeout=120.0):
     t0 = time.time()
-    while time.time() - t0 < timeout:
+    while time.time() - t0 < scaled(timeout):
         if (out / "shard-00000.h5").exists():
             return True
         if proc.poll() is not None:
@@ -93,7 +94,7 @@ def test_sigkill_mid_run_then_rerun_gives_identical_store(fault_setup, reference
     proc = _start(fault_setup, out)
     assert _wait_for_first_shard(proc, out), proc.communicate()[1][-2000:]
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.wait(timeout=scaled(30))
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "videos.parquet").exists()  # it really died mid-run
     done_before = len(FeatureStore(out))
@@ -110,7 +111,7 @@ def test_ctrl_c_stops_at_a_safe_point_and_says_how_to_resume(fault_setup, refere
     proc = _start(fault_setup, out)
     assert _wait_for_first_shard(proc, out), proc.communicate()[1][-2000:]
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=scaled(120))
     assert proc.returncode != 0
     assert "re-run the same command to resume" in err
     assert "Traceback" not in err.split("KeyboardInterrupt")[0] or "KeyboardInterrupt" in err

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from machine_load import scaled
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Small, fast extract settings (real EfficientNet-Lite0 weights, one video per shard so that a kill
@@ -42,7 +44,7 @@ def env() -> dict:
 def cli(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     """Run ``python -m pipeline *args`` to its end; returns the CompletedProcess (text output)."""
     return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
-                          env=env(), cwd=kwargs.pop("cwd", ROOT), timeout=timeout, **kwargs)
+                          env=env(), cwd=kwargs.pop("cwd", ROOT), timeout=scaled(timeout), **kwargs)
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -66,7 +68,7 @@ class Child:
 
     def wait_for(self, predicate, timeout=180, what="the condition") -> None:
         """Poll ``predicate()`` every few ms while the child runs; fail if it ends or times out first."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while time.monotonic() < deadline:
             if predicate():
                 return
@@ -86,7 +88,7 @@ class Child:
 
     def wait(self, timeout=180) -> int:
         try:
-            return self.proc.wait(timeout=timeout)
+            return self.proc.wait(timeout=scaled(timeout))
         finally:
             self._out.close()
             self._err.close()

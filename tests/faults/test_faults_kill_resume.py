@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from extract.store import read_shard_index
+from machine_load import scaled
 from faults_utils import (EXTRACT_FAST, TRAIN_EPOCHS, TRAIN_FAST, Child, assert_same_store, checkpoint_epoch, cli,
                           demo_args, demo_videos, load_checkpoint, log_rows, manifest, ok, same_state_dict, shards,
                           without_timing)
@@ -59,7 +60,7 @@ def test_sigkill_during_extract_then_rerun_gives_the_uninterrupted_store(demo, e
         child.wait_for(lambda: len(shards(stage)) >= after_shards, what=f"{after_shards} shards")
         time.sleep(extra_delay)
         child.signal(signal.SIGKILL)  # the main process only, as the OOM killer or a pre-emption would
-        assert child.wait(timeout=30) == -signal.SIGKILL
+        assert child.wait(timeout=scaled(30)) == -signal.SIGKILL
         # the decode workers notice their parent is gone and do not linger
         deadline = time.monotonic() + 20
         while child.group_alive() and time.monotonic() < deadline:
@@ -99,7 +100,7 @@ def test_ctrl_c_during_extract_exits_130_says_how_to_resume_and_rerun_completes(
     try:
         child.wait_for(lambda: len(shards(stage)) >= 2, what="2 shards")
         (child.signal_group if whole_group else child.signal)(sig)
-        assert child.wait(timeout=120) == 130
+        assert child.wait(timeout=scaled(120)) == 130
     finally:
         child.kill_group()
     err = child.stderr()
@@ -160,7 +161,7 @@ def test_sigkill_during_train_then_rerun_gives_the_uninterrupted_weights(feature
                        what=f"last.pt at epoch {kill_after_epoch}")
         time.sleep(extra_delay)
         child.signal(signal.SIGKILL)
-        assert child.wait(timeout=30) == -signal.SIGKILL
+        assert child.wait(timeout=scaled(30)) == -signal.SIGKILL
     finally:
         child.kill_group()
     assert not (run_dir / "manifest.json").exists()  # really killed before the end
@@ -184,7 +185,7 @@ def test_ctrl_c_during_train_exits_130_says_how_to_resume_and_rerun_completes(fe
     try:
         child.wait_for(lambda: (checkpoint_epoch(run_dir / "last.pt") or 0) >= 3, what="last.pt at epoch 3")
         child.signal_group(sig)  # as a terminal's Ctrl-C (or a scheduler's SIGTERM): the whole job gets it
-        assert child.wait(timeout=60) == 130
+        assert child.wait(timeout=scaled(60)) == 130
     finally:
         child.kill_group()
     err = child.stderr()
@@ -231,7 +232,7 @@ def test_sigkill_during_evaluate_then_rerun_gives_the_uninterrupted_metrics(trai
         child.wait_for(target.exists, what=f"{kill_when} to appear")
         time.sleep(float(rng.uniform(0, 0.02)))
         child.signal(signal.SIGKILL)
-        child.wait(timeout=30)
+        child.wait(timeout=scaled(30))
     finally:
         child.kill_group()
     from pipeline.config import load_config

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from faults_utils import demo_videos, shards
+from machine_load import scaled
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.faults
@@ -111,7 +112,7 @@ def run_with_killer(ray_videos, out, killer, **cfg):
     try:
         return run_extract(config(runner="ray", max_failure_fraction=1.0, **cfg), ray_videos, out, progress=False)
     finally:
-        killer.join(timeout=60)
+        killer.join(timeout=scaled(60))
 
 
 def test_killed_model_actor_is_restarted_and_the_run_completes_with_identical_features(

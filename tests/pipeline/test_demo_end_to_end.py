@@ -6,12 +6,14 @@ import sys
 
 import pytest
 
+from machine_load import scaled
+
 
 @pytest.mark.timeout(1800)  # minutes on an idle 2-core machine; generous for a loaded one
 def test_demo_runs_end_to_end_and_reruns_from_cache(tmp_path):
     work = tmp_path / "demo"
     first = subprocess.run([sys.executable, "-m", "pipeline", "run", "--work-dir", str(work), "--no-progress"],
-                           capture_output=True, text=True, timeout=1500)
+                           capture_output=True, text=True, timeout=scaled(1500))
     assert first.returncode == 0, first.stderr[-3000:]
     for stage in ("ingest", "extract", "split"):
         assert (work / stage / "manifest.json").exists()
@@ -28,6 +30,6 @@ def test_demo_runs_end_to_end_and_reruns_from_cache(tmp_path):
     assert extract["failed"] == 0 and extract["ok"] == extract["videos"] > 300
 
     second = subprocess.run([sys.executable, "-m", "pipeline", "run", "--work-dir", str(work), "--no-progress"],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=scaled(300))
     assert second.returncode == 0, second.stderr[-3000:]
     assert "running" not in second.stderr and second.stderr.count("up to date, skipped") == 3 + 2 * len(methods)

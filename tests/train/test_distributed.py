@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from machine_load import scaled
 from train.checkpoints import load
 
 ARGS = ["--set", "train.epochs=3", "--set", "train.batch_size=16", "--set", "train.hidden=32",
@@ -25,11 +26,11 @@ def test_two_gloo_processes_match_one_process(tmp_path, feature_work_dir):
     args_double = [a.replace(str(single), str(double)) for a in args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "pipeline", "run", "--stage", "train", *args, *ARGS],
-                         capture_output=True, text=True, env=env, timeout=300)
+                         capture_output=True, text=True, env=env, timeout=scaled(300))
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--master_port", "29517", "-m", "pipeline", "run", "--stage", "train",
-                          *args_double, *ARGS], capture_output=True, text=True, env=env, timeout=300)
+                          *args_double, *ARGS], capture_output=True, text=True, env=env, timeout=scaled(300))
     assert two.returncode == 0, two.stderr[-3000:]
     a = load(single / "train" / "baseline" / "last.pt")
     b = load(double / "train" / "baseline" / "last.pt")
