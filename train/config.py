@@ -44,7 +44,8 @@ class TrainConfig(BaseModel):
     framestack_ratio: float = Field(0.5, gt=0, le=1, description="fraction of each batch FrameStack mixes")
     cache: Literal["auto", "none", "ram", "gpu"] = Field(
         "auto", description="features in RAM (packed float16) / on the GPU; auto: RAM when it fits")
-    num_workers: int = Field(2, ge=0, description="loader processes when features are read from disk")
+    num_workers: int = Field(2, ge=0, description="loader processes when features are read from disk "
+                             "(at most the CPUs per process: VLTR_CPUS or detected)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="autocast on GPU")
 

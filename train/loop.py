@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from evaluate.metrics import compute, scalars
+from manifests import resources
 from manifests.datasets import multi_hot
 from manifests.errors import StageFailed
 from manifests.files import write_text_atomic
@@ -107,6 +108,7 @@ class Trainer:
         self.seed, self.run_dir, self.identity, self.progress = seed, Path(run_dir), identity, progress
         self.head, self.tail = groups
         self.device = resolve_device(cfg.device)
+        torch.set_num_threads(resources.torch_threads())  # this process's CPU share, never the host's cores
         distributed.init(self.device)
         self.model = recipe.model.to(self.device)
         self.optimizer = torch.optim.Adam(recipe.parameters(), lr=cfg.lr)
@@ -178,7 +180,8 @@ class Trainer:
     def loader(self, dataset: EpochBatches):
         if self.bank.packed is not None or self.cfg.num_workers == 0:
             return (dataset[i] for i in range(len(dataset)))
-        return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=self.cfg.num_workers,
+        workers = min(self.cfg.num_workers, resources.cpus_per_process())
+        return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                                            pin_memory=self.device.type == "cuda", persistent_workers=False)
 
     def train_epoch(self, epoch: int) -> tuple:
