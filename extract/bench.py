@@ -128,9 +128,9 @@ def bench_extract(work_dir: Optional[str] = None, *, num_videos: int = 6, second
     import torch
 
     from .config import ExtractConfig
-    from .decode import DecodeJob, decode_all
-    from .encoder import FrameEncoder
-    from .stage import run_extract
+    from .decode import decode_all
+    from .encoder import encoder_from_config
+    from .stage import make_job, run_extract
 
     own_tmp = work_dir is None
     wd = Path(work_dir or tempfile.mkdtemp(prefix="vltr-bench-extract-"))
@@ -141,10 +141,9 @@ def bench_extract(work_dir: Optional[str] = None, *, num_videos: int = 6, second
         cfg_kwargs = dict(num_frames=num_frames, resize=resize, crop=crop, batch_size=batch_size, backbone=backbone,
                           weights=weights, pretrained=pretrained, device=device, videos_per_shard=64)
         cfg = ExtractConfig(**cfg_kwargs)
-        jobs = [DecodeJob(video_id=f"c{i}", path=p, num_frames=num_frames, resize=resize, crop=crop)
-                for i, p in enumerate(vids)]
+        jobs = [make_job(cfg, f"c{i}", p) for i, p in enumerate(vids)]
         total_frames = num_frames * len(vids)
-        enc = FrameEncoder(backbone, weights, pretrained, device=device, batch_size=batch_size)
+        enc = encoder_from_config(cfg)
 
         decode_t, model_t, pipe_t, jpeg_t = [], [], [], []
         decoded = None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-BACKBONES = ("efficientnet_lite0", "resnet50", "resnet101", "tsm_r50")
+from .registry import BackboneError, Preprocessing, lookup, names_message
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 class ExtractConfig(BaseModel):
@@ -21,8 +24,7 @@ class ExtractConfig(BaseModel):
     npy_dim: Optional[int] = Field(None, ge=1, description="expected feature dim of imported .npy (None: most common)")
 
     # backbone
-    backbone: Literal["efficientnet_lite0", "resnet50", "resnet101", "tsm_r50"] = Field(
-        "efficientnet_lite0", description="feature extractor")
+    backbone: str = Field(DEFAULT_BACKBONE, description=f"feature extractor: {names_message()}")
     weights: Optional[str] = Field(None, description="path of a local weights file (else package/cache)")
     pretrained: bool = Field(True, description="False = random weights (tests only)")
     download: bool = Field(True, description="allow downloading weights when no local file is found")
@@ -34,8 +36,10 @@ class ExtractConfig(BaseModel):
     num_frames: int = Field(150, ge=1, description="frames per video (sampling=fixed)")
     fps: float = Field(1.0, gt=0, description="frames per second of video (sampling=fps)")
     max_frames: Optional[int] = Field(None, ge=1, description="cap on frames per video (sampling=fps)")
-    resize: int = Field(256, ge=8, description="short side after resize (bilinear, antialiased)")
-    crop: int = Field(224, ge=8, description="centre crop size")
+    resize: Optional[int] = Field(None, ge=8, description="short side after resize (antialiased; empty: the "
+                                  "backbone's own, 256 for the registered ones)")
+    crop: Optional[int] = Field(None, ge=8, description="centre crop size (empty: the backbone's own, 224 for the "
+                                "registered ones)")
     decoder: Literal["auto", "decord", "pyav"] = Field("auto", description="auto: decord, PyAV fallback")
 
     # compute
@@ -43,13 +47,16 @@ class ExtractConfig(BaseModel):
     dtype: Literal["float16", "float32"] = Field("float16", description="stored feature dtype")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="autocast on GPU (auto: bf16 if supported)")
-    num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None: torch default)")
+    num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None: the CPUs available: "
+                                       "VLTR_CPUS, else CPU affinity and cgroup quota)")
 
     # runner
     runner: Literal["inprocess", "ray"] = Field("inprocess", description="in-process loop or Ray fan-out")
     ray_address: Optional[str] = Field(None, description="None: local Ray; 'auto' or host:port: join a cluster")
     ray_num_actors: Optional[int] = Field(None, ge=1, description="model actors (None: one per GPU, 1 on CPU)")
-    num_decode_workers: int = Field(1, ge=1, description="decode processes (in-process runner) / tasks in flight")
+    num_decode_workers: Optional[int] = Field(
+        None, ge=1, description="decode processes (in-process runner) / decode tasks in flight (Ray); None: "
+        "1 on CPU, the available CPUs but one on a GPU, the cluster's free CPUs with Ray")
     decode_timeout_s: float = Field(60.0, gt=0, description="max seconds a decoder may go without progress")
 
     # outcome and store
@@ -63,21 +70,48 @@ class ExtractConfig(BaseModel):
             return v
         raise ValueError(f"device must be one of 'auto', 'cpu', 'cuda', 'cuda:N' (got {v!r})")
 
+    @field_validator("backbone")
+    @classmethod
+    def _check_backbone(cls, v: str) -> str:
+        lookup(v)  # BackboneError (a ValueError) names the registered names
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backbone_sizes(cls, data):
+        """resize / crop left empty take the backbone's own (registry entry or timm's data config)."""
+        if isinstance(data, dict) and (data.get("resize") is None or data.get("crop") is None):
+            try:
+                pre = lookup(str(data.get("backbone") or DEFAULT_BACKBONE)).preprocessing
+            except BackboneError:
+                return data  # reported by _check_backbone
+            data = {**data, "resize": pre.resize if data.get("resize") is None else data["resize"],
+                    "crop": pre.crop if data.get("crop") is None else data["crop"]}
+        return data
+
     @model_validator(mode="after")
     def _check_sizes(self) -> "ExtractConfig":
-        if self.crop > self.resize:
-            raise ValueError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
+        pre = self.preprocessing()
+        if pre.crop > pre.resize:
+            raise ValueError(f"crop ({pre.crop}) must not exceed resize ({pre.resize})")
         return self
+
+    def preprocessing(self) -> Preprocessing:
+        """The preprocessing in force: resize / crop from here (else the backbone's), interpolation,
+        mean and std from the backbone."""
+        pre = lookup(self.backbone).preprocessing
+        return dataclasses.replace(pre, resize=self.resize or pre.resize, crop=self.crop or pre.crop)
 
     def fingerprint_fields(self) -> dict:
         """The settings that change the stored features (used to refuse mixing two configs)."""
+        pre = self.preprocessing()
         d = {
             "source": self.source,
             "backbone": self.backbone,
             "pretrained": self.pretrained,
             "sampling": self.sampling,
-            "resize": self.resize,
-            "crop": self.crop,
+            "resize": pre.resize,
+            "crop": pre.crop,
             "dtype": self.dtype,
         }
         if self.sampling == "fixed":

@@ -35,8 +35,6 @@ from .sampling import sample_indices
 # Full-resolution RGB bytes one decord get_batch call may hold (bounds memory for 4K inputs).
 DECODE_BUDGET_BYTES = 64 * 1024 * 1024
 MAX_FRAMES_PER_EVENT = 16
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +48,7 @@ class DecodeJob:
     resize: int = 256
     crop: int = 224
     decoder: str = "auto"  # auto | decord | pyav
+    interpolation: str = "bilinear"  # PIL filter of the resize (extract.registry.INTERPOLATIONS)
 
     def indices(self, n: int, video_fps: float) -> np.ndarray:
         return sample_indices(n, sampling=self.sampling, num_frames=self.num_frames,
@@ -69,22 +68,22 @@ def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
     return int(resize * width / height), resize
 
 
-def preprocess_image(img: Image.Image, resize: int, crop: int) -> np.ndarray:
-    """Short side -> resize (bilinear, antialiased), centre crop -> uint8 (crop, crop, 3) RGB."""
+def preprocess_image(img: Image.Image, resize: int, crop: int, interpolation: str = "bilinear") -> np.ndarray:
+    """Short side -> resize (PIL `interpolation`, antialiased), centre crop -> uint8 (crop, crop, 3) RGB."""
     if img.mode != "RGB":
         img = img.convert("RGB")
     w, h = img.size
     nw, nh = resized_size(w, h, resize)
     if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.BILINEAR)
+        img = img.resize((nw, nh), getattr(Image.Resampling, interpolation.upper()))
     top = int(round((nh - crop) / 2.0))
     left = int(round((nw - crop) / 2.0))
     img = img.crop((left, top, left + crop, top + crop))
     return np.asarray(img, dtype=np.uint8)
 
 
-def preprocess_array(frame: np.ndarray, resize: int, crop: int) -> np.ndarray:
-    return preprocess_image(Image.fromarray(frame), resize, crop)
+def preprocess_array(frame: np.ndarray, resize: int, crop: int, interpolation: str = "bilinear") -> np.ndarray:
+    return preprocess_image(Image.fromarray(frame), resize, crop, interpolation)
 
 
 # --------------------------------------------------------------------------- decoders
@@ -136,7 +135,7 @@ def decode_decord(job: DecodeJob) -> Iterator[tuple]:
             part = uniq[s:s + per_call]
             batch = vr.get_batch([int(i) for i in part]).asnumpy()
             for i, fr in zip(part, batch):
-                pending[int(i)] = preprocess_array(fr, job.resize, job.crop)
+                pending[int(i)] = preprocess_array(fr, job.resize, job.crop, job.interpolation)
             del batch
             # emit every index position whose frame is ready (indices are sorted)
             last_ready = int(part[-1])
@@ -209,7 +208,7 @@ def decode_pyav(job: DecodeJob) -> Iterator[tuple]:
                     if i % 128 == 127:
                         yield ("beat",)
                     if wi < len(want) and i == want[wi]:
-                        pending[i] = preprocess_image(frame.to_image(), job.resize, job.crop)
+                        pending[i] = preprocess_image(frame.to_image(), job.resize, job.crop, job.interpolation)
                         times[i] = float(frame.time) if frame.time is not None else float("nan")
                         wi += 1
                         end = int(np.searchsorted(idx, i, side="right"))

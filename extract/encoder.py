@@ -1,7 +1,7 @@
 """The model side of extraction: uint8 frames -> features, on CPU or GPU.
 
-Normalisation (ImageNet mean/std) happens on the device; channels_last, inference mode and
-autocast (bf16/fp16, GPU only) are applied here. A video's frames are cut into forward batches of
+Normalisation (the backbone's mean/std, from extract.registry) happens on the device; channels_last,
+inference mode and autocast (bf16/fp16, GPU only) are applied here. A video's frames are cut into forward batches of
 `batch_size` frames counted from the video's first frame, so the batches - and therefore the
 features - do not depend on which other videos are processed in the same run or runner.
 """
@@ -13,10 +13,11 @@ from typing import Optional
 import numpy as np
 import torch
 
+from manifests import resources
 from manifests.errors import UserError
 
 from . import backbones
-from .decode import IMAGENET_MEAN, IMAGENET_STD
+from .registry import lookup
 
 
 def resolve_device(device: str) -> torch.device:
@@ -55,12 +56,22 @@ def tsm_order(t: int, n_segment: int, grouping: str) -> np.ndarray:
     return np.arange(p).reshape(n_segment, g).T.reshape(-1)
 
 
+def encoder_from_config(cfg, **overrides) -> "FrameEncoder":
+    """The FrameEncoder an ExtractConfig describes (the in-process runner, the Ray actors and
+    `predict` all build it here); `overrides` replace single arguments, e.g. num_threads."""
+    kwargs = dict(weights=cfg.weights, pretrained=cfg.pretrained, device=cfg.device, amp=cfg.amp,
+                  batch_size=cfg.batch_size, tsm_grouping=cfg.tsm_grouping, download=cfg.download,
+                  num_threads=cfg.num_threads)
+    return FrameEncoder(cfg.backbone, **{**kwargs, **overrides})
+
+
 class FrameEncoder:
+    """uint8 frames -> (N, D) features of one backbone (see the module doc)."""
+
     def __init__(self, backbone: str = "efficientnet_lite0", weights: Optional[str] = None,
                  pretrained: bool = True, *, device: str = "auto", amp: str = "auto", batch_size: int = 64,
                  tsm_grouping: str = "interleaved", download: bool = True, num_threads: Optional[int] = None):
-        if num_threads:
-            torch.set_num_threads(int(num_threads))
+        torch.set_num_threads(resources.torch_threads(num_threads))  # never the host's core count
         self.device = resolve_device(device)
         self.amp_dtype = resolve_amp(amp, self.device)
         self.model = backbones.create(backbone, weights, pretrained, download=download)
@@ -74,8 +85,9 @@ class FrameEncoder:
         if self.n_segment:
             bs = max(self.n_segment, bs // self.n_segment * self.n_segment)
         self.batch_size = bs
-        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
-        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0
+        pre = lookup(backbone).preprocessing
+        self.mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1) * 255.0
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 

@@ -2,7 +2,7 @@
 
 The driver is the single writer (via the stage's ResultSink). Each decode task runs the same
 decode path as the in-process runner (decord, PyAV fallback, killable decode process with a
-timeout); each actor runs the same FrameEncoder, so both runners give the same features.
+timeout); each actor builds the same FrameEncoder (encoder_from_config), so both runners give the same features.
 Errors are caught per video; a crashed actor is restarted by Ray (or replaced by a fresh one) and its
 videos are resubmitted once it answers again. An actor dying or restarting is not a video's failure:
 only a video that was running each time its actor crashed, MAX_MODEL_ATTEMPTS times, is recorded as failed.
@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from manifests import resources
 from manifests.errors import UserError
 
 from .config import ExtractConfig
@@ -51,12 +52,9 @@ def _decode_in_task(job, timeout_s: float):
 
 class _ModelActor:
     def __init__(self, cfg_dict: dict, num_threads: Optional[int]):
-        from .encoder import FrameEncoder
+        from .encoder import encoder_from_config
 
-        cfg = ExtractConfig(**cfg_dict)
-        self.enc = FrameEncoder(cfg.backbone, cfg.weights, cfg.pretrained, device=cfg.device, amp=cfg.amp,
-                                batch_size=cfg.batch_size, tsm_grouping=cfg.tsm_grouping, download=cfg.download,
-                                num_threads=num_threads)
+        self.enc = encoder_from_config(ExtractConfig(**cfg_dict), num_threads=num_threads)
 
     def describe(self) -> dict:
         return self.enc.describe()
@@ -94,6 +92,14 @@ class _Slot:
         self.inflight: list = []   # embed refs in submission order (the first one is the running one)
 
 
+def decode_slots(requested: Optional[int], cluster_cpus: float, actors: int, use_gpu: bool) -> int:
+    """Decode tasks in flight besides one per actor: ``requested`` when set, else the cluster's CPUs
+    that the model actors do not hold (CPU actors hold one each; GPU actors none), at least 1."""
+    if requested:
+        return int(requested)
+    return max(1, int(cluster_cpus) - (0 if use_gpu else actors))
+
+
 class RayRunner:
     def __init__(self, cfg: ExtractConfig):
         self.cfg = cfg
@@ -102,6 +108,7 @@ class RayRunner:
         self._actor_args: tuple = ()
         self._we_started_ray = False
         self._ray = None
+        self._decode_slots = 1
 
     def start(self) -> dict:
         try:
@@ -115,7 +122,9 @@ class RayRunner:
                 if self.cfg.ray_address:
                     ray.init(address=self.cfg.ray_address, include_dashboard=False, logging_level=logging.WARNING)
                 else:
-                    ray.init(include_dashboard=False, logging_level=logging.WARNING)
+                    # a local Ray gets this process's CPU budget, not the host's core count
+                    ray.init(num_cpus=resources.available_cpus(), include_dashboard=False,
+                             logging_level=logging.WARNING)
             except ConnectionError as e:
                 raise UserError(f"extract.ray_address={self.cfg.ray_address!r}: cannot connect to a Ray cluster "
                                 f"({e}); start one (ray start --head) or leave extract.ray_address empty") from None
@@ -126,14 +135,14 @@ class RayRunner:
         use_gpu = gpus > 0 and self.cfg.device != "cpu"
         num_threads = self.cfg.num_threads
         if not use_gpu and num_threads is None:
-            import torch
-            num_threads = torch.get_num_threads()  # same CPU kernels as the in-process runner
+            num_threads = resources.torch_threads()  # the in-process runner's count: the same CPU kernels
         cfg_dict = self.cfg.model_dump()
         if use_gpu and cfg_dict["device"] == "auto":
             cfg_dict["device"] = "cuda"
         Actor = ray.remote(_ModelActor).options(num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1,
                                                 max_restarts=2, max_task_retries=0)
         self._actor_cls, self._actor_args = Actor, (cfg_dict, num_threads)
+        self._decode_slots = decode_slots(self.cfg.num_decode_workers, res.get("CPU", 1), n, use_gpu)
         self.actors = [Actor.remote(cfg_dict, num_threads) for _ in range(n)]
         try:
             descs = ray.get([a.describe.remote() for a in self.actors])
@@ -154,7 +163,7 @@ class RayRunner:
         queue = [make_job(self.cfg, vid, path) for vid, path in todo]
         queue.reverse()
         n = len(self.actors)
-        max_decode = max(1, self.cfg.num_decode_workers) + n
+        max_decode = self._decode_slots + n
         max_embed = 2 * n + 1
         decoding: dict = {}  # meta_ref -> (job, frames_ref)
         embedding: dict = {}  # feats_ref -> (job, meta, frames_ref, crashes, actor index, its epoch)

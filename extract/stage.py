@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from manifests import resources
 from manifests.errors import StageFailed, UserError
 from manifests.files import atomic_path
 
@@ -44,9 +45,13 @@ MAX_FRAMES_PER_SHARD = 1 << 18  # also rotate shards by size (fps sampling of lo
 
 # --------------------------------------------------------------------------- helpers
 
-def package_versions() -> dict:
+def package_versions(source: str = "videos") -> dict:
+    """Versions of the libraries that made the features; an npy import uses only h5py and numpy
+    (importing torch and the decoders for it would cost seconds and ~650 MB of RSS)."""
     out = {}
-    for mod in ("torch", "torchvision", "timm", "decord", "av", "h5py", "numpy", "PIL"):
+    modules = ("h5py", "numpy") if source == "npy" else ("torch", "torchvision", "timm", "decord", "av", "h5py",
+                                                          "numpy", "PIL")
+    for mod in modules:
         try:
             m = __import__(mod)
             out[mod] = getattr(m, "__version__", "?")
@@ -62,10 +67,12 @@ def package_versions() -> dict:
 
 
 def transform_attrs(cfg: ExtractConfig) -> dict:
-    from .decode import IMAGENET_MEAN, IMAGENET_STD
-    return {"resize_short_side": cfg.resize, "interpolation": "bilinear, antialiased (PIL)",
-            "center_crop": cfg.crop, "colour": "RGB", "scale": "1/255", "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD)}
+    """The preprocessing in force (the backbone's registry entry or timm data config, with the
+    config's resize / crop), as stored in the shard attributes."""
+    pre = cfg.preprocessing()
+    return {"resize_short_side": pre.resize, "interpolation": f"{pre.interpolation}, antialiased (PIL)",
+            "center_crop": pre.crop, "colour": "RGB", "scale": "1/255", "mean": list(pre.mean),
+            "std": list(pre.std)}
 
 
 def sampling_attrs(cfg: ExtractConfig) -> dict:
@@ -449,7 +456,7 @@ def _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start, verify
         first_shard = max(first_shard, int(SHARD_RE.match(p.name).group(1)) + 1)
 
     attrs = {"config": cfg.fingerprint_fields(), "fingerprint": fp, "weights_identity": wid,
-             "transform": transform_attrs(cfg), "sampling": sampling_attrs(cfg), "versions": package_versions(),
+             "transform": transform_attrs(cfg), "sampling": sampling_attrs(cfg), "versions": package_versions(cfg.source),
              "source": cfg.source}
     feature_dim = store.feature_dim
     encoder = None
@@ -467,11 +474,9 @@ def _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start, verify
                 attrs.update({"backbone": cfg.backbone, "weights": "imported", "weights_sha256": "",
                               "npy_dir": str(cfg.npy_dir), "feature_dim": plan.dim})
             else:
-                from .encoder import FrameEncoder
+                from .encoder import encoder_from_config
                 if cfg.runner == "inprocess":
-                    encoder = FrameEncoder(cfg.backbone, cfg.weights, cfg.pretrained, device=cfg.device,
-                                           amp=cfg.amp, batch_size=cfg.batch_size, tsm_grouping=cfg.tsm_grouping,
-                                           download=cfg.download, num_threads=cfg.num_threads)
+                    encoder = encoder_from_config(cfg)
                     desc = encoder.describe()
                 else:
                     from .ray_runner import RayRunner
@@ -553,6 +558,7 @@ def _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start, verify
         "videos_per_s": round(len(todo) / seconds, 4) if seconds > 0 else None,
         "frames_per_s": round(new_frames / seconds, 3) if seconds > 0 else None,
         "backbone": cfg.backbone, "feature_dim": final.feature_dim or feature_dim,
+        "preprocessing": cfg.preprocessing().to_dict() if cfg.source == "videos" else None,
         "dtype": cfg.dtype, "source": cfg.source, "runner": cfg.runner, "sampling": cfg.sampling,
         "decoders": dict(df["decoder"].value_counts()) if n_ok else {},
         "shards": len(final.shards), "shards_written": sink.shards_written if sink else [],
@@ -577,8 +583,10 @@ def _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start, verify
 
 def make_job(cfg: ExtractConfig, vid: str, path: Optional[str]):
     from .decode import DecodeJob
+    pre = cfg.preprocessing()
     return DecodeJob(video_id=vid, path=path, sampling=cfg.sampling, num_frames=cfg.num_frames, fps=cfg.fps,
-                     max_frames=cfg.max_frames, resize=cfg.resize, crop=cfg.crop, decoder=cfg.decoder)
+                     max_frames=cfg.max_frames, resize=pre.resize, crop=pre.crop, decoder=cfg.decoder,
+                     interpolation=pre.interpolation)
 
 
 def video_meta(done: dict, notes: list, path: Optional[str]) -> dict:
@@ -611,7 +619,9 @@ def run_inprocess(cfg: ExtractConfig, encoder, todo: list, sink: ResultSink, sto
             st["nbuf"] = len(rest)
 
     jobs = [make_job(cfg, vid, path) for vid, path in todo]
-    pool = DecodePool(cfg.num_decode_workers, cfg.decode_timeout_s)
+    workers = resources.decode_workers(cfg.num_decode_workers, on_gpu=encoder.device.type == "cuda")
+    log.info("extract: %d decode worker(s) (CPU budget %d)", workers, resources.available_cpus())
+    pool = DecodePool(workers, cfg.decode_timeout_s)
     try:
         for job, ev in pool.imap(jobs):
             if stop.is_set():
