@@ -13,12 +13,14 @@ from manifests.errors import StageFailed, UserError
 
 log = logging.getLogger("pipeline")
 
-BENCHMARKS = ("evaluate", "store", "extract", "train", "demo", "all")
+BENCHMARKS = ("evaluate", "store", "extract", "train", "demo", "scale", "all")
+IN_BENCH_ALL = ("evaluate", "store", "extract", "train", "demo")  # scale takes about an hour: run on its own
 EPILOG = """examples:
   python -m pipeline run                                   # the embedded demo, end to end, offline
   python -m pipeline run --config videolt_r50 --stage split
   python -m pipeline run --config my.yaml --stage all --set split.imbalance=0.1
   python -m pipeline status --work-dir runs/demo
+  python -m pipeline predict clip.mp4 videos/ --work-dir runs/demo --out preds.csv
 """
 
 
@@ -34,6 +36,7 @@ def _add_config_args(parser: argparse.ArgumentParser, with_work_dir: bool = True
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from extract.registry import names_message
     from pipeline.stages import ORDER, STAGES
 
     parser = argparse.ArgumentParser(
@@ -42,13 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "-> long-tailed training -> literature-exact evaluation. Stages chain through "
                     "manifest files in the work directory; finished stages are skipped.")
     quiet = argparse.ArgumentParser(add_help=False)
-    quiet.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     stage_help = "; ".join(f"{n}: {STAGES[n].description}" for n in ORDER)
     run = commands.add_parser("run", parents=[quiet], help="run a stage or the whole chain (default: the demo, all stages)",
-                              description=f"Run stages. {stage_help}.")
+                              description=f"Run stages. {stage_help}. Backbones (--set extract.backbone=NAME): "
+                                          f"{names_message()}.")
     _add_config_args(run)
     run.add_argument("--stage", choices=(*ORDER, "all"), default="all", help="stage to run (default: all)")
     run.add_argument("--force", action="store_true", help="re-run the stage even if it is up to date")
@@ -80,16 +84,58 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", parents=[quiet], help="measure the product against the reference way (JSON line)",
                                 description="Benchmarks: ratios measured inside one run; min and median "
                                             "of >= 3 repeats; one JSON line at the end.")
-    bench.add_argument("what", choices=BENCHMARKS, help="which benchmark; all runs every one and rewrites --out")
+    bench.add_argument("what", choices=BENCHMARKS, help="which benchmark; all runs every one but scale and rewrites "
+                                                        "--out; scale rewrites the Scale section of --out")
     bench.add_argument("--out", default="docs/benchmarks.md", metavar="FILE",
                        help="where `bench all` writes its report (default docs/benchmarks.md)")
+    bench.add_argument("--sizes", type=_sizes, default=None, metavar="N[,N...]",
+                       help="scale: training-set sizes (default 10000,50000,179334: VideoLT's)")
+    bench.add_argument("--scale-dir", metavar="DIR", help="scale: where the data sets go (default: a temporary "
+                                                          "folder; the full size needs about 3 GB)")
 
     demo = commands.add_parser("demo-data", parents=[quiet], help="write the demo set of long-tailed H.264 videos",
                                description="Generate the embedded demo dataset: real H.264 mp4 clips, "
                                            "labels.csv (video_id,path,labels,split) and class_names.txt.")
     demo.add_argument("--out", required=True, metavar="DIR", help="output folder")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_predict_parsers(commands, quiet)
     return parser
+
+
+def _add_predict_parsers(commands, quiet: argparse.ArgumentParser) -> None:
+    """`predict` (a trained model on new videos) and `export` (the model as one bundle file)."""
+    predict = commands.add_parser("predict", parents=[quiet], help="class scores of new videos from a trained model",
+                                  description="Decode and embed videos exactly as the run's extract stage did, "
+                                              "score them with the selected checkpoint, print each video's top "
+                                              "classes and optionally write every class's score.")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="video files, folders of videos, CSV files (the csv or kinetics_csv format); .npy "
+                              "feature files for a model trained on imported features")
+    model = predict.add_mutually_exclusive_group()
+    model.add_argument("--work-dir", metavar="DIR", help="a trained work dir (default: the demo's, runs/demo)")
+    model.add_argument("--bundle", metavar="FILE", help="a model bundle written by `python -m pipeline export`")
+    predict.add_argument("--method", metavar="RUN", help="which run of the work dir, e.g. ldam_drw (default: the "
+                                                         "best by the selection mAP)")
+    predict.add_argument("--out", metavar="FILE", help="write every class's score: .csv, .jsonl or .parquet")
+    predict.add_argument("--top-k", type=int, default=5, metavar="K", help="classes shown per video (default 5)")
+    predict.add_argument("--threshold", default="0.5", metavar="T|val",
+                         help="score from which a class counts as predicted (the `predicted` column): a number, or "
+                              "val = per-class thresholds that maximise F1 on the validation split (default 0.5)")
+    predict.add_argument("--videos", metavar="DIR", help="where the files of CSV rows without a path are")
+    predict.add_argument("--weights", metavar="FILE", help="the backbone weights file, if it moved since "
+                                                           "extraction (its sha256 must match)")
+    predict.add_argument("--device", default="auto", help="auto (a GPU when one is visible), cpu, cuda, cuda:N")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    export = commands.add_parser("export", parents=[quiet], help="write a trained model as one self-contained file",
+                                 description="Write one safetensors bundle: the head's weights, method and "
+                                             "settings, class names and groups, validation-F1 thresholds, and "
+                                             "the backbone id, weights sha256 and preprocessing. `predict "
+                                             "--bundle FILE` uses it without the work dir.")
+    export.add_argument("--work-dir", metavar="DIR", help="a trained work dir (default: the demo's, runs/demo)")
+    export.add_argument("--method", metavar="RUN", help="which run (default: the best by the selection mAP)")
+    export.add_argument("--out", required=True, metavar="FILE", help="the bundle file, e.g. model.safetensors")
+    export.add_argument("--device", default="auto", help="where the validation thresholds are computed")
 
 
 def main(argv=None) -> int:
@@ -197,13 +243,28 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _sizes(text: str) -> tuple:
+    """``--sizes 10000,50000``: positive integers."""
+    try:
+        sizes = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers separated by commas")
+    return sizes
+
+
 def cmd_bench(args) -> int:
     import json
 
     from manifests.files import write_text_atomic
-    from pipeline.benchmarks import methods_section, render, run_benchmark
+    from pipeline.benchmarks import kept_sections, render, run_benchmark, scale_report
 
-    names = BENCHMARKS[:-1] if args.what == "all" else (args.what,)
+    if args.what == "scale":
+        print(json.dumps(scale_report(Path(args.out), args.sizes, args.scale_dir)), flush=True)
+        log.info("Scale section written to %s", args.out)
+        return 0
+    names = IN_BENCH_ALL if args.what == "all" else (args.what,)
     results = {}
     for name in names:
         log.info("bench %s ...", name)
@@ -212,10 +273,52 @@ def cmd_bench(args) -> int:
     if args.what == "all":
         out = Path(args.out)
         previous = out.read_text(encoding="utf-8") if out.is_file() else ""
-        write_text_atomic(out, render(results, methods_section(previous)))  # measured tables are kept
+        write_text_atomic(out, render(results, kept_sections(previous)))  # measured tables are kept
         log.info("benchmark report written to %s", args.out)
     return 0
 
 
+def _trained_work_dir(args) -> Path:
+    from pipeline.config import load_config
+
+    return Path(args.work_dir or load_config().work_dir)
+
+
+def cmd_predict(args) -> int:
+    from pipeline.predict import Predictor, format_table, output_format, write_predictions
+
+    if args.bundle and args.method:
+        raise UserError("--method picks a run of a work dir; a bundle holds one model")
+    if args.top_k < 1:
+        raise UserError(f"--top-k {args.top_k}: give at least 1")
+    if args.out:
+        output_format(args.out)
+    if args.bundle:
+        predictor = Predictor.from_bundle(args.bundle, args.device, args.weights)
+    else:
+        predictor = Predictor.from_run(_trained_work_dir(args), args.method, args.device, args.weights)
+    log.info("model: %s", predictor.describe())
+    table = predictor.predict(args.inputs, args.threshold, progress=not args.no_progress, videos_dir=args.videos)
+    print(format_table(table, args.top_k), end="")
+    if args.out:
+        log.info("every class's score: %s", write_predictions(table, Path(args.out)))
+    failed = table[table.status != "ok"]
+    if len(failed) == len(table):
+        raise StageFailed(f"no video could be predicted ({len(table)} failed; e.g. {failed.video_id.iloc[0]}: "
+                          f"{failed.error.iloc[0]})")
+    if len(failed):
+        log.warning("warning: %d of %d videos failed (reasons above)", len(failed), len(table))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pipeline.predict import Predictor
+
+    predictor = Predictor.from_run(_trained_work_dir(args), args.method, args.device)
+    path = predictor.export(args.out)
+    log.info("exported %s to %s", predictor.describe(), path)
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "status": cmd_status, "config": cmd_config, "report": cmd_report,
-            "bench": cmd_bench, "demo-data": cmd_demo_data}
+            "bench": cmd_bench, "demo-data": cmd_demo_data, "predict": cmd_predict, "export": cmd_export}

@@ -220,3 +220,12 @@ def test_union_errors_name_the_key_without_internal_branch_names(capsys):
     err = capsys.readouterr().err
     assert "train.method: Value error, unknown method 'foo'; valid: baseline, focal" in err and "literal[" not in err
     assert len(err.strip().splitlines()) == 2
+
+
+@pytest.mark.parametrize("argv, quiet", [(["-q", "status", "--work-dir", "w"], True),
+                                         (["status", "-q", "--work-dir", "w"], True),
+                                         (["status", "--work-dir", "w"], False)])
+def test_quiet_works_before_and_after_the_command(argv, quiet):
+    from pipeline.cli import build_parser
+
+    assert build_parser().parse_args(argv).quiet is quiet
