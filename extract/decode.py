@@ -100,12 +100,22 @@ def _check_file(path: Optional[str]) -> None:
 
 
 def _chunks_of_repeats(idx: np.ndarray, frames: dict[int, np.ndarray]) -> Iterator[np.ndarray]:
+    """The frames of `idx` in order (repeated indices repeat the frame), stacked MAX_FRAMES_PER_EVENT at a time."""
     out = [frames[int(i)] for i in idx]
     for s in range(0, len(out), MAX_FRAMES_PER_EVENT):
         yield np.stack(out[s:s + MAX_FRAMES_PER_EVENT])
 
 
+def _emit(idx: np.ndarray, pos: int, end: int, pending: dict[int, np.ndarray]):
+    """Yield the "frames" events of index positions pos:end (indices are sorted); returns the pending
+    frames that later positions still need."""
+    yield from (("frames", c) for c in _chunks_of_repeats(idx[pos:end], pending))
+    keep = int(idx[end]) if end < len(idx) else None
+    return {k: v for k, v in pending.items() if keep is not None and k >= keep}
+
+
 def decode_decord(job: DecodeJob) -> Iterator[tuple]:
+    """Decode with decord: the sampled frames, a bounded number per get_batch call."""
     import decord  # local: keeps the import cost in workers
 
     try:
@@ -141,10 +151,8 @@ def decode_decord(job: DecodeJob) -> Iterator[tuple]:
             last_ready = int(part[-1])
             end = int(np.searchsorted(idx, last_ready, side="right"))
             if end > pos:
-                yield from (("frames", c) for c in _chunks_of_repeats(idx[pos:end], pending))
+                pending = yield from _emit(idx, pos, end, pending)
                 pos = end
-                keep = int(idx[pos]) if pos < len(idx) else None
-                pending = {k: v for k, v in pending.items() if keep is not None and k >= keep}
         try:
             vr.seek(0)
         except Exception:
@@ -157,6 +165,7 @@ def decode_decord(job: DecodeJob) -> Iterator[tuple]:
 
 
 def _pyav_count(path: str) -> tuple[int, float]:
+    """(video packets with data, average frame rate) of a file, by demuxing without decoding."""
     import av
 
     with av.open(path) as c:
@@ -172,61 +181,27 @@ def _pyav_count(path: str) -> tuple[int, float]:
     return n, fps
 
 
-def decode_pyav(job: DecodeJob) -> Iterator[tuple]:
-    import av
-
+def _pyav_frame_count(path: str) -> tuple[int, float]:
+    """(frames announced by the packets, average frame rate); DecodeError when PyAV finds none."""
     try:
-        n, fps = _pyav_count(job.path)
+        n, fps = _pyav_count(path)
     except DecodeError:
         raise
     except Exception as e:
         raise DecodeError(f"PyAV could not read the file: {_one_line(e)}") from None
     if n < 1:
         raise DecodeError("PyAV found no video frames in the file")
+    return n, fps
+
+
+def decode_pyav(job: DecodeJob) -> Iterator[tuple]:
+    """Decode with PyAV up to the last sampled frame. When fewer frames decode than the packets
+    announced, the indices are re-derived once from the real count (a "reset" event)."""
+    n, fps = _pyav_frame_count(job.path)
     for attempt in range(2):
         idx = job.indices(n, fps)
-        want = np.unique(idx)
-        last = int(want[-1])
-        pending: dict[int, np.ndarray] = {}
-        times: dict[int, float] = {}
-        pos = 0
-        i = -1
-        meta_sent = False
-        height = width = 0
-        try:
-            with av.open(job.path) as c:
-                s = c.streams.video[0]
-                s.thread_type = "AUTO"
-                s.codec_context.thread_count = 1
-                wi = 0
-                for i, frame in enumerate(c.decode(s)):
-                    if not meta_sent:
-                        height, width = int(frame.height), int(frame.width)
-                        yield ("meta", {"decoder": "pyav", "n_frames_meta": n, "fps": fps, "height": height,
-                                        "width": width, "indices": idx})
-                        meta_sent = True
-                    if i % 128 == 127:
-                        yield ("beat",)
-                    if wi < len(want) and i == want[wi]:
-                        pending[i] = preprocess_image(frame.to_image(), job.resize, job.crop, job.interpolation)
-                        times[i] = float(frame.time) if frame.time is not None else float("nan")
-                        wi += 1
-                        end = int(np.searchsorted(idx, i, side="right"))
-                        if end - pos >= MAX_FRAMES_PER_EVENT or wi == len(want):
-                            yield from (("frames", ch) for ch in _chunks_of_repeats(idx[pos:end], pending))
-                            pos = end
-                            keep = int(idx[pos]) if pos < len(idx) else None
-                            pending = {k: v for k, v in pending.items() if keep is not None and k >= keep}
-                    if i >= last:
-                        break
-        except DecodeError:
-            raise
-        except Exception as e:
-            if i < 0:
-                raise DecodeError(f"PyAV could not decode any frame: {_one_line(e)}") from None
-            # a stream broken part way: keep what decodes by re-deriving the indices below
-        decoded = i + 1
-        if decoded > last:
+        decoded, height, width, times = yield from _pyav_pass(job, n, fps, idx)
+        if decoded > int(idx.max()):
             ts = np.array([times[int(k)] for k in idx], dtype=np.float64)
             yield ("done", {"decoder": "pyav", "n_frames_meta": n, "n_frames_decoded": decoded, "fps": fps,
                             "duration": (n / fps) if fps > 0 else float("nan"), "height": height,
@@ -239,6 +214,49 @@ def decode_pyav(job: DecodeJob) -> Iterator[tuple]:
             yield ("reset", f"PyAV decoded {decoded} of {n} announced frames; indices re-derived")
             n = decoded
     raise DecodeError("PyAV frame count unstable between two passes")
+
+
+def _pyav_pass(job: DecodeJob, n: int, fps: float, idx: np.ndarray):
+    """One decode pass up to the last index: yields meta, beats and frames events; returns (frames
+    decoded, height, width, {index: timestamp}). A stream broken part way ends the pass early."""
+    import av
+
+    want = np.unique(idx)
+    last = int(want[-1])
+    pending: dict[int, np.ndarray] = {}
+    times: dict[int, float] = {}
+    pos = wi = 0
+    i = -1
+    height = width = 0
+    try:
+        with av.open(job.path) as c:
+            s = c.streams.video[0]
+            s.thread_type = "AUTO"
+            s.codec_context.thread_count = 1
+            for i, frame in enumerate(c.decode(s)):
+                if i == 0:
+                    height, width = int(frame.height), int(frame.width)
+                    yield ("meta", {"decoder": "pyav", "n_frames_meta": n, "fps": fps, "height": height,
+                                    "width": width, "indices": idx})
+                if i % 128 == 127:
+                    yield ("beat",)
+                if wi < len(want) and i == want[wi]:
+                    pending[i] = preprocess_image(frame.to_image(), job.resize, job.crop, job.interpolation)
+                    times[i] = float(frame.time) if frame.time is not None else float("nan")
+                    wi += 1
+                    end = int(np.searchsorted(idx, i, side="right"))
+                    if end - pos >= MAX_FRAMES_PER_EVENT or wi == len(want):
+                        pending = yield from _emit(idx, pos, end, pending)
+                        pos = end
+                if i >= last:
+                    break
+    except DecodeError:
+        raise
+    except Exception as e:
+        if i < 0:
+            raise DecodeError(f"PyAV could not decode any frame: {_one_line(e)}") from None
+        # a stream broken part way: keep what decodes (the caller re-derives the indices)
+    return i + 1, height, width, times
 
 
 def peak_rss_mb() -> float:

@@ -1,6 +1,6 @@
 """Ray runner: CPU decode tasks feeding model actors (one per GPU; one on a CPU-only cluster).
 
-The driver is the single writer (via the stage's ResultSink). Each decode task runs the same
+The driver is the single writer (via the stage's ResultSink, extract/jobs.py). Each decode task runs the same
 decode path as the in-process runner (decord, PyAV fallback, killable decode process with a
 timeout); each actor builds the same FrameEncoder (encoder_from_config), so both runners give the same features.
 Errors are caught per video; a crashed actor is restarted by Ray (or replaced by a fresh one) and its
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -20,8 +20,8 @@ from manifests import resources
 from manifests.errors import UserError
 
 from .config import ExtractConfig
+from .jobs import log, make_job, video_meta
 
-log = logging.getLogger("pipeline.extract")  # same logger as extract/stage.py
 MAX_MODEL_ATTEMPTS = 3          # crashes of the actor while this video was running before it is failed
 ACTOR_READY_TIMEOUT_S = 600.0   # a dead actor that has not answered `ready` by then is replaced
 PROBE_BACKOFF_S = (0.25, 5.0)   # first and longest pause between `ready` probes of a restarting actor
@@ -51,6 +51,7 @@ def _decode_in_task(job, timeout_s: float):
 
 
 class _ModelActor:
+    """A Ray actor holding one FrameEncoder; `embed` returns the (T, D) features of a decoded video."""
     def __init__(self, cfg_dict: dict, num_threads: Optional[int]):
         from .encoder import encoder_from_config
 
@@ -68,6 +69,7 @@ class _ModelActor:
 
 
 def _unwrap(e: BaseException) -> BaseException:
+    """The original exception of a Ray task error (its `cause`), else `e`."""
     cause = getattr(e, "cause", None)
     return cause if isinstance(cause, BaseException) else e
 
@@ -101,6 +103,8 @@ def decode_slots(requested: Optional[int], cluster_cpus: float, actors: int, use
 
 
 class RayRunner:
+    """The Ray fan-out of one extract run: `start` the model actors, `run` the videos, `shutdown`."""
+
     def __init__(self, cfg: ExtractConfig):
         self.cfg = cfg
         self.actors: list = []
@@ -111,24 +115,8 @@ class RayRunner:
         self._decode_slots = 1
 
     def start(self) -> dict:
-        try:
-            import ray
-        except ImportError:
-            raise UserError("extract.runner=ray needs the 'ray' package (pip install 'ray>=2.50,<3'), "
-                            "or use extract.runner=inprocess") from None
-        self._ray = ray
-        if not ray.is_initialized():
-            try:
-                if self.cfg.ray_address:
-                    ray.init(address=self.cfg.ray_address, include_dashboard=False, logging_level=logging.WARNING)
-                else:
-                    # a local Ray gets this process's CPU budget, not the host's core count
-                    ray.init(num_cpus=resources.available_cpus(), include_dashboard=False,
-                             logging_level=logging.WARNING)
-            except ConnectionError as e:
-                raise UserError(f"extract.ray_address={self.cfg.ray_address!r}: cannot connect to a Ray cluster "
-                                f"({e}); start one (ray start --head) or leave extract.ray_address empty") from None
-            self._we_started_ray = True
+        """Join (or start) Ray, start the model actors; returns the encoder's `describe()`."""
+        ray = self._connect()
         res = ray.cluster_resources()
         gpus = int(res.get("GPU", 0))
         n = self.cfg.ray_num_actors or max(1, gpus)
@@ -154,153 +142,45 @@ class RayRunner:
             raise
         return descs[0]
 
-    def run(self, todo: list, sink, stop) -> None:
-        from .stage import make_job, video_meta
-
-        ray = self._ray
-        decode = ray.remote(_decode_in_task).options(num_cpus=1, max_retries=1, num_returns=2)
-        paths = dict(todo)
-        queue = [make_job(self.cfg, vid, path) for vid, path in todo]
-        queue.reverse()
-        n = len(self.actors)
-        max_decode = self._decode_slots + n
-        max_embed = 2 * n + 1
-        decoding: dict = {}  # meta_ref -> (job, frames_ref)
-        embedding: dict = {}  # feats_ref -> (job, meta, frames_ref, crashes, actor index, its epoch)
-        parked: list = []  # (job, meta, frames_ref, crashes): waiting for an actor to be up again
-        suspects: set = set()  # embed refs that were running when their actor died
-        probes: dict = {}  # ready_ref -> actor index
-        self._slots = slots = [_Slot() for _ in range(n)]
-
-        def submit(job, meta, frames_ref, crashes):
-            up = [i for i in range(n) if slots[i].up]
-            if not up:
-                parked.append((job, meta, frames_ref, crashes))
-                return
-            k = min(up, key=lambda i: len(slots[i].inflight))
-            ref = self.actors[k].embed.remote(frames_ref)
-            slots[k].inflight.append(ref)
-            embedding[ref] = (job, meta, frames_ref, crashes, k, slots[k].epoch)
-
-        def went_down(k, epoch, why):
-            sl = slots[k]
-            if not sl.up or epoch != sl.epoch:
-                return
-            sl.up = False
-            sl.epoch += 1
-            sl.since = time.monotonic()
-            sl.next_probe = sl.since
-            sl.backoff = PROBE_BACKOFF_S[0]
-            if sl.inflight:
-                suspects.add(sl.inflight[0])  # actor tasks run in order: this one was running
-            log.warning("model actor %d died or is restarting (%s); its videos wait for it and are resubmitted",
-                        k, why)
-
-        while (queue or decoding or embedding or parked) and not stop.is_set():
-            while queue and len(decoding) < max_decode and len(embedding) + len(parked) < max_embed:
-                job = queue.pop()
-                meta_ref, frames_ref = decode.remote(job, self.cfg.decode_timeout_s)
-                decoding[meta_ref] = (job, frames_ref)
-            now = time.monotonic()
-            for k, sl in enumerate(slots):
-                if sl.up:
-                    continue
-                if now - sl.since > ACTOR_READY_TIMEOUT_S:
-                    if sl.probe is not None:
-                        probes.pop(sl.probe, None)
-                        sl.probe = None
-                    self._replace(k, f"not ready {ACTOR_READY_TIMEOUT_S:.0f} s after it died")
-                    sl.since = sl.next_probe = now
-                if sl.probe is None and now >= sl.next_probe:
-                    sl.probe = self.actors[k].ready.remote()
-                    probes[sl.probe] = k
-            refs = list(decoding) + list(embedding) + list(probes)
-            if not refs:  # everything waits for an actor whose next probe is due later
-                due = min((sl.next_probe for sl in slots if not sl.up), default=now + 0.1)
-                time.sleep(min(1.0, max(0.01, due - now)))
-                continue
-            ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
-            for ref in ready:
-                if ref in probes:
-                    k = probes.pop(ref)
-                    sl = slots[k]
-                    sl.probe = None
-                    try:
-                        ray.get(ref)
-                    except Exception as e:
-                        cause = _unwrap(e)
-                        if type(e).__name__ == "ActorDiedError" or not _is_actor_error(ray, e):
-                            # dead for good (restarts used up) or cannot start: a fresh actor
-                            self._replace(k, f"{type(cause).__name__}: {str(cause).splitlines()[0][:200]}"
-                                             if str(cause) else type(cause).__name__)
-                            sl.next_probe = time.monotonic()
-                        else:  # still restarting / unreachable: probe again later
-                            sl.next_probe = time.monotonic() + sl.backoff
-                            sl.backoff = min(PROBE_BACKOFF_S[1], sl.backoff * 2)
-                        continue
-                    sl.up = True
-                    log.info("model actor %d is ready again after %.1f s; resubmitting %d video(s)", k,
-                             time.monotonic() - sl.since, len(parked))
-                    waiting, parked[:] = list(parked), []
-                    for item in waiting:
-                        submit(*item)
-                elif ref in decoding:
-                    job, frames_ref = decoding.pop(ref)
-                    try:
-                        meta = ray.get(ref)
-                    except Exception as e:
-                        sink.fail(job.video_id, f"decode task failed: {type(_unwrap(e)).__name__}: {_unwrap(e)}",
-                                  {"path": paths.get(job.video_id)})
-                        continue
-                    if "error" in meta:
-                        sink.fail(job.video_id, meta["error"], {"notes": meta.get("notes", []),
-                                                                "path": paths.get(job.video_id)})
-                        continue
-                    submit(job, meta, frames_ref, 0)
-                else:
-                    job, meta, frames_ref, crashes, k, epoch = embedding.pop(ref)
-                    if ref in slots[k].inflight:
-                        slots[k].inflight.remove(ref)
-                    try:
-                        feats = ray.get(ref)
-                    except Exception as e:
-                        cause = _unwrap(e)
-                        if _is_actor_error(ray, e):
-                            went_down(k, epoch, f"{type(e).__name__} on {job.video_id}")
-                            if ref in suspects:
-                                suspects.discard(ref)
-                                crashes += 1
-                            if crashes < MAX_MODEL_ATTEMPTS:
-                                submit(job, meta, frames_ref, crashes)
-                                continue
-                            sink.fail(job.video_id, f"feature computation failed: the model actor crashed "
-                                      f"{crashes} times while embedding this video (last: {type(e).__name__})",
-                                      {"path": paths.get(job.video_id)})
-                            continue
-                        sink.fail(job.video_id, f"feature computation failed: {type(cause).__name__}: {cause}",
-                                  {"path": paths.get(job.video_id)})
-                        continue
-                    suspects.discard(ref)
-                    sink.ok(job.video_id, feats, video_meta(meta, [], paths.get(job.video_id)))
-
-    def _replace(self, k: int, why: str) -> None:
-        """Start a fresh actor in slot k (the old one is dead for good, or did not come back in time)."""
-        ray = self._ray
-        sl = self._slots[k]
-        sl.replacements += 1
-        if sl.replacements > MAX_ACTOR_REPLACEMENTS:
-            raise UserError(f"extract: Ray model actor {k} keeps dying ({why}); it was replaced "
-                             f"{MAX_ACTOR_REPLACEMENTS} times. Finished videos are kept: check the Ray cluster "
-                             "(memory, GPUs, logs) and re-run the same command to resume")
-        log.warning("model actor %d cannot come back (%s); starting a fresh one", k, why)
+    def _connect(self):
+        """The ray module, initialised: the cluster at extract.ray_address, else a local Ray."""
         try:
-            ray.kill(self.actors[k], no_restart=True)
+            import ray
+        except ImportError:
+            raise UserError("extract.runner=ray needs the 'ray' package (pip install 'ray>=2.50,<3'), "
+                            "or use extract.runner=inprocess") from None
+        self._ray = ray
+        if not ray.is_initialized():
+            try:
+                if self.cfg.ray_address:
+                    ray.init(address=self.cfg.ray_address, include_dashboard=False, logging_level=logging.WARNING)
+                else:
+                    # a local Ray gets this process's CPU budget, not the host's core count
+                    ray.init(num_cpus=resources.available_cpus(), include_dashboard=False,
+                             logging_level=logging.WARNING)
+            except ConnectionError as e:
+                raise UserError(f"extract.ray_address={self.cfg.ray_address!r}: cannot connect to a Ray cluster "
+                                f"({e}); start one (ray start --head) or leave extract.ray_address empty") from None
+            self._we_started_ray = True
+        return ray
+
+    def run(self, todo: list, sink, stop) -> None:
+        """Decode `todo` in Ray tasks and embed it on the actors, handing every video to `sink`, until
+        all are finished or `stop` is set."""
+        work = _Run(self, todo, sink)
+        while work.busy() and not stop.is_set():
+            work.step()
+
+    def restart_actor(self, k: int) -> None:
+        """Kill actor k for good and start a fresh one in its place."""
+        try:
+            self._ray.kill(self.actors[k], no_restart=True)
         except Exception:
             pass
         self.actors[k] = self._actor_cls.remote(*self._actor_args)
-        sl.backoff = PROBE_BACKOFF_S[0]
 
     def shutdown(self) -> None:
+        """Kill the actors; stop Ray if this runner started it."""
         ray = self._ray
         if ray is None:
             return
@@ -312,4 +192,197 @@ class RayRunner:
         self.actors = []
         if self._we_started_ray:
             ray.shutdown()
-            self._we_started_ray = False
+
+
+class _Pending(NamedTuple):
+    """A decoded video waiting for (or being embedded by) a model actor."""
+    job: object
+    meta: dict
+    frames_ref: object
+    crashes: int  # crashes of an actor while it was embedding this video
+
+
+class _Run:
+    """The state of one `RayRunner.run`: decode tasks in flight, embeddings in flight per actor slot,
+    videos parked while no actor is up, and `ready` probes of the actors that went down."""
+
+    def __init__(self, runner: RayRunner, todo: list, sink):
+        self.runner, self.ray, self.cfg, self.sink = runner, runner._ray, runner.cfg, sink
+        self.decode = self.ray.remote(_decode_in_task).options(num_cpus=1, max_retries=1, num_returns=2)
+        self.paths = dict(todo)
+        self.queue = [make_job(self.cfg, vid, path) for vid, path in todo]
+        self.queue.reverse()
+        n = len(runner.actors)
+        self.max_decode = runner._decode_slots + n
+        self.max_embed = 2 * n + 1
+        self.decoding: dict = {}  # meta_ref -> (job, frames_ref)
+        self.embedding: dict = {}  # feats_ref -> (_Pending, actor index, its epoch)
+        self.parked: list[_Pending] = []  # waiting for an actor to be up again
+        self.suspects: set = set()  # embed refs that were running when their actor died
+        self.probes: dict = {}  # ready_ref -> actor index
+        self.slots = [_Slot() for _ in range(n)]
+
+    def busy(self) -> bool:
+        """Videos are still queued, decoding, embedding or parked."""
+        return bool(self.queue or self.decoding or self.embedding or self.parked)
+
+    def step(self) -> None:
+        """Start decodes, probe down actors, then handle what finished within a second."""
+        self._start_decodes()
+        now = time.monotonic()
+        self._probe_down_actors(now)
+        for ref in self._wait(now):
+            if ref in self.probes:
+                self._on_probe(ref)
+            elif ref in self.decoding:
+                self._on_decoded(ref)
+            else:
+                self._on_embedded(ref)
+
+    def _start_decodes(self) -> None:
+        """Submit decode tasks while there is room: decodes in flight and decoded videos awaiting a model
+        are both bounded (frames wait in the object store)."""
+        while self.queue and len(self.decoding) < self.max_decode and \
+                len(self.embedding) + len(self.parked) < self.max_embed:
+            job = self.queue.pop()
+            meta_ref, frames_ref = self.decode.remote(job, self.cfg.decode_timeout_s)
+            self.decoding[meta_ref] = (job, frames_ref)
+
+    def _probe_down_actors(self, now: float) -> None:
+        """Replace an actor that has been down too long; send a `ready` probe to each down actor due one."""
+        for k, sl in enumerate(self.slots):
+            if sl.up:
+                continue
+            if now - sl.since > ACTOR_READY_TIMEOUT_S:
+                if sl.probe is not None:
+                    self.probes.pop(sl.probe, None)
+                    sl.probe = None
+                self._replace(k, f"not ready {ACTOR_READY_TIMEOUT_S:.0f} s after it died")
+                sl.since = sl.next_probe = now
+            if sl.probe is None and now >= sl.next_probe:
+                sl.probe = self.runner.actors[k].ready.remote()
+                self.probes[sl.probe] = k
+
+    def _wait(self, now: float) -> list:
+        """The refs that finished within a second; none after a short sleep when nothing is in flight."""
+        refs = list(self.decoding) + list(self.embedding) + list(self.probes)
+        if not refs:  # everything waits for an actor whose next probe is due later
+            due = min((sl.next_probe for sl in self.slots if not sl.up), default=now + 0.1)
+            time.sleep(min(1.0, max(0.01, due - now)))
+            return []
+        ready, _ = self.ray.wait(refs, num_returns=1, timeout=1.0)
+        return ready
+
+    def _submit(self, item: _Pending) -> None:
+        """Send a decoded video to the up actor with the fewest videos in flight (parked when none is up)."""
+        up = [i for i in range(len(self.slots)) if self.slots[i].up]
+        if not up:
+            self.parked.append(item)
+            return
+        k = min(up, key=lambda i: len(self.slots[i].inflight))
+        ref = self.runner.actors[k].embed.remote(item.frames_ref)
+        self.slots[k].inflight.append(ref)
+        self.embedding[ref] = (item, k, self.slots[k].epoch)
+
+    def _on_probe(self, ref) -> None:
+        """A `ready` probe answered: the actor is up again (parked videos resubmitted), or still down."""
+        k = self.probes.pop(ref)
+        sl = self.slots[k]
+        sl.probe = None
+        try:
+            self.ray.get(ref)
+        except Exception as e:
+            self._probe_failed(k, e)
+            return
+        sl.up = True
+        log.info("model actor %d is ready again after %.1f s; resubmitting %d video(s)", k,
+                 time.monotonic() - sl.since, len(self.parked))
+        waiting, self.parked[:] = list(self.parked), []
+        for item in waiting:
+            self._submit(item)
+
+    def _probe_failed(self, k: int, e: BaseException) -> None:
+        """Dead for good (restarts used up) or cannot start: a fresh actor; still restarting: probe later."""
+        sl = self.slots[k]
+        if type(e).__name__ == "ActorDiedError" or not _is_actor_error(self.ray, e):
+            cause = _unwrap(e)
+            self._replace(k, f"{type(cause).__name__}: {str(cause).splitlines()[0][:200]}"
+                             if str(cause) else type(cause).__name__)
+            sl.next_probe = time.monotonic()
+        else:
+            sl.next_probe = time.monotonic() + sl.backoff
+            sl.backoff = min(PROBE_BACKOFF_S[1], sl.backoff * 2)
+
+    def _on_decoded(self, ref) -> None:
+        """A decode task finished: its video goes to an actor, or is failed with the decoder's reason."""
+        job, frames_ref = self.decoding.pop(ref)
+        path = self.paths.get(job.video_id)
+        try:
+            meta = self.ray.get(ref)
+        except Exception as e:
+            self.sink.fail(job.video_id, f"decode task failed: {type(_unwrap(e)).__name__}: {_unwrap(e)}",
+                           {"path": path})
+            return
+        if "error" in meta:
+            self.sink.fail(job.video_id, meta["error"], {"notes": meta.get("notes", []), "path": path})
+            return
+        self._submit(_Pending(job, meta, frames_ref, 0))
+
+    def _on_embedded(self, ref) -> None:
+        """An embed call finished: store the features, or handle the error."""
+        item, k, epoch = self.embedding.pop(ref)
+        if ref in self.slots[k].inflight:
+            self.slots[k].inflight.remove(ref)
+        try:
+            feats = self.ray.get(ref)
+        except Exception as e:
+            self._embed_failed(ref, e, item, k, epoch)
+            return
+        self.suspects.discard(ref)
+        self.sink.ok(item.job.video_id, feats, video_meta(item.meta, [], self.paths.get(item.job.video_id)))
+
+    def _embed_failed(self, ref, e: BaseException, item: _Pending, k: int, epoch: int) -> None:
+        """An actor error is not the video's fault: it is resubmitted, and failed only after running during
+        MAX_MODEL_ATTEMPTS crashes; any other error fails the video."""
+        vid = item.job.video_id
+        if not _is_actor_error(self.ray, e):
+            cause = _unwrap(e)
+            self.sink.fail(vid, f"feature computation failed: {type(cause).__name__}: {cause}",
+                           {"path": self.paths.get(vid)})
+            return
+        self._went_down(k, epoch, f"{type(e).__name__} on {vid}")
+        if ref in self.suspects:
+            self.suspects.discard(ref)
+            item = item._replace(crashes=item.crashes + 1)
+        if item.crashes < MAX_MODEL_ATTEMPTS:
+            self._submit(item)
+            return
+        self.sink.fail(vid, f"feature computation failed: the model actor crashed {item.crashes} times while "
+                       f"embedding this video (last: {type(e).__name__})", {"path": self.paths.get(vid)})
+
+    def _went_down(self, k: int, epoch: int, why: str) -> None:
+        """Mark actor k down (once per epoch); the video it was running becomes a suspect."""
+        sl = self.slots[k]
+        if not sl.up or epoch != sl.epoch:
+            return
+        sl.up = False
+        sl.epoch += 1
+        sl.since = time.monotonic()
+        sl.next_probe = sl.since
+        sl.backoff = PROBE_BACKOFF_S[0]
+        if sl.inflight:
+            self.suspects.add(sl.inflight[0])  # actor tasks run in order: this one was running
+        log.warning("model actor %d died or is restarting (%s); its videos wait for it and are resubmitted",
+                    k, why)
+
+    def _replace(self, k: int, why: str) -> None:
+        """Start a fresh actor in slot k (the old one is dead for good, or did not come back in time)."""
+        sl = self.slots[k]
+        sl.replacements += 1
+        if sl.replacements > MAX_ACTOR_REPLACEMENTS:
+            raise UserError(f"extract: Ray model actor {k} keeps dying ({why}); it was replaced "
+                            f"{MAX_ACTOR_REPLACEMENTS} times. Finished videos are kept: check the Ray cluster "
+                            "(memory, GPUs, logs) and re-run the same command to resume")
+        log.warning("model actor %d cannot come back (%s); starting a fresh one", k, why)
+        self.runner.restart_actor(k)
+        sl.backoff = PROBE_BACKOFF_S[0]

@@ -8,10 +8,17 @@ Files under the stage directory:
     npy_report.csv      per-file report of an npy import (source=npy)
     extract.log         log of every run in this directory
     corrupt/            shards moved aside by repair
+
+A run: check the inputs, open the store already there (partial files removed, damaged shards
+refused or moved aside with --repair), plan the videos still missing, compute them with a runner
+(extract/inprocess.py, extract/ray_runner.py or extract/npy_import.py, each handing finished videos
+to extract/jobs.py's ResultSink), then write videos.parquet and the summary from what is on disk.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -23,24 +30,21 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
-import numpy as np
 import pandas as pd
 
-from manifests import resources
 from manifests.errors import StageFailed, UserError
 from manifests.files import atomic_path
 
 from .config import ExtractConfig
-from .store import (CorruptShardError, FeatureStore, ShardWriter, list_shards, read_shard_index, remove_partials,
-                    SHARD_RE)
+from .inprocess import run_inprocess
+from .jobs import FAILURES_FILE, ResultSink, load_failures, log
+from .ray_runner import RayRunner
+from .store import CorruptShardError, FeatureStore, first_free_shard, read_shard_index, remove_partials
 
-# A child of the CLI's "pipeline" logger: `-q` (pipeline/root at WARNING) keeps its INFO lines off the console.
-log = logging.getLogger("pipeline.extract")
 _FILE_ONLY = {"file_only": True}  # extra= of a record meant for extract.log only (already printed otherwise)
 MAX_FAILURES_IN_SUMMARY = 50
-MAX_FRAMES_PER_SHARD = 1 << 18  # also rotate shards by size (fps sampling of long videos)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -76,6 +80,7 @@ def transform_attrs(cfg: ExtractConfig) -> dict:
 
 
 def sampling_attrs(cfg: ExtractConfig) -> dict:
+    """The frame sampling in force, as stored in the shard attributes."""
     if cfg.sampling == "fixed":
         return {"mode": "fixed", "num_frames": cfg.num_frames,
                 "rule": "int(linspace(0, n-1, T)) over the decoder's frame count n (repeats when n < T)"}
@@ -84,6 +89,7 @@ def sampling_attrs(cfg: ExtractConfig) -> dict:
 
 
 def weights_identity(cfg: ExtractConfig) -> str:
+    """What identifies the backbone weights: sha256 of extract.weights, else default / random / npy-import."""
     if cfg.source == "npy":
         return "npy-import"
     if cfg.weights:
@@ -96,12 +102,14 @@ def weights_identity(cfg: ExtractConfig) -> str:
 
 
 def fingerprint(cfg: ExtractConfig, wid: str) -> str:
+    """The fingerprint of the settings the features depend on (all shards of a store share it)."""
     d = dict(cfg.fingerprint_fields())
     d["weights"] = wid
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _input_table(videos: pd.DataFrame) -> list[tuple[str, Optional[str]]]:
+    """[(video_id, path or None)] of the input table; UserError on missing columns, bad or duplicate ids."""
     if not isinstance(videos, pd.DataFrame):
         raise UserError("extract: the video table must be a pandas DataFrame with columns video_id, path")
     for col in ("video_id", "path"):
@@ -127,6 +135,7 @@ def _input_table(videos: pd.DataFrame) -> list[tuple[str, Optional[str]]]:
 
 
 def _mkdir(d: Path) -> None:
+    """Create the stage directory and check that it is writable (UserError otherwise)."""
     try:
         d.mkdir(parents=True, exist_ok=True)
         probe = d / ".write-test"
@@ -137,130 +146,9 @@ def _mkdir(d: Path) -> None:
                         "check the path, its permissions and free disk space") from None
 
 
-def _load_failures(path: Path) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    if path.is_file():
-        with open(path, "r", encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # a line cut by a kill
-                if "video_id" in rec:
-                    out[rec["video_id"]] = rec
-    return out
-
-
 def _write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:  # an OSError (disk full, ...) becomes a UserError naming `path`
         df.to_parquet(tmp, index=False)
-
-
-def write_error(path: Path, exc: OSError) -> UserError:
-    """The one-line error for a file of the stage that cannot be written (disk full, quota, permissions)."""
-    why = exc.strerror or str(exc) or type(exc).__name__
-    return UserError(f"cannot write {path}: {why}; free space or point work_dir elsewhere, then re-run")
-
-
-# --------------------------------------------------------------------------- result sink
-
-class ResultSink:
-    """Receives finished videos (ok or failed) from a runner; owns the shard writer."""
-
-    def __init__(self, stage_dir: Path, cfg: ExtractConfig, attrs: dict, feature_dim: int, first_shard: int,
-                 pbar=None):
-        self.dir = stage_dir
-        self.cfg = cfg
-        self.attrs = attrs
-        self.feature_dim = feature_dim
-        self.next_shard = first_shard
-        self.writer: Optional[ShardWriter] = None
-        self.failures_path = stage_dir / "failures.jsonl"
-        self.failed_now: dict[str, str] = {}
-        self.ok_now: set[str] = set()
-        self.frames = 0
-        self.decoders: dict[str, int] = {}
-        self.pbar = pbar
-        self.t0 = time.time()
-        self.shards_written: list[str] = []
-
-    def ok(self, video_id: str, feats: np.ndarray, meta: dict) -> None:
-        """Store one video. A refused array (ValueError) is that video's failure; an OSError of the shard
-        files (disk full, ...) is fatal: the shard in flight is dropped and a UserError names its path."""
-        if self.writer is None:
-            name = f"shard-{self.next_shard:05d}.h5"
-            try:
-                self.writer = ShardWriter(self.dir, name, self.feature_dim, self.cfg.dtype, self.attrs)
-            except OSError as e:
-                raise write_error(self.dir / name, e) from None
-            self.next_shard += 1
-        try:
-            self.writer.add(video_id, feats, meta)
-        except ValueError as e:
-            self.fail(video_id, str(e), meta)
-            return
-        except OSError as e:
-            raise self._writer_failed(e) from None
-        self.ok_now.add(video_id)
-        self.failed_now.pop(video_id, None)
-        self.frames += int(len(feats))
-        dec = meta.get("decoder") or "?"
-        self.decoders[dec] = self.decoders.get(dec, 0) + 1
-        if len(self.writer) >= self.cfg.videos_per_shard or self.writer.num_frames >= MAX_FRAMES_PER_SHARD:
-            self.flush()
-        self._tick()
-
-    def fail(self, video_id: str, reason: str, meta: Optional[dict] = None) -> None:
-        rec = {"video_id": video_id, "error": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        if meta:
-            rec["notes"] = meta.get("notes", [])
-            if meta.get("path"):
-                rec["path"] = meta["path"]
-        try:
-            with open(self.failures_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec) + "\n")
-                f.flush()
-        except OSError as e:
-            self.abort()
-            raise write_error(self.failures_path, e) from None
-        self.failed_now[video_id] = reason
-        log.warning("video %s failed: %s", video_id, reason)
-        self._tick()
-
-    def _tick(self) -> None:
-        if self.pbar is not None:
-            dt = max(1e-9, time.time() - self.t0)
-            self.pbar.update(1)
-            self.pbar.set_postfix(frames_s=f"{self.frames / dt:.1f}", failed=len(self.failed_now), refresh=False)
-
-    def flush(self) -> None:
-        if self.writer is not None:
-            if len(self.writer):
-                try:
-                    p = self.writer.close()
-                except OSError as e:
-                    raise self._writer_failed(e) from None
-                self.shards_written.append(p.name)
-                log.debug("wrote %s (%d videos)", p.name, len(self.writer))
-            else:
-                self.writer.abort()
-            self.writer = None
-
-    def _writer_failed(self, exc: OSError) -> UserError:
-        """Drop the shard in flight (its partial files) and say which file could not be written."""
-        path = self.writer.final
-        self.abort()
-        return write_error(path, exc)
-
-    def abort(self) -> None:
-        if self.writer is not None:
-            try:
-                self.writer.abort()
-            finally:
-                self.writer = None
 
 
 # --------------------------------------------------------------------------- Ctrl-C
@@ -418,13 +306,40 @@ def run_extract(cfg: ExtractConfig, videos: pd.DataFrame, stage_dir: Path, *, re
         _teardown_logging(logging_state)
 
 
+@dataclasses.dataclass
+class _Plan:
+    """The work of one run: the videos to extract, those skipped, and the number of the next new shard."""
+    todo: list
+    done_before: int
+    skipped_failed: int
+    first_shard: int
+
+
 def _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start, verify=()) -> dict:
-    if cfg.source == "npy":
-        if not cfg.npy_dir:
-            raise UserError("extract.source=npy needs extract.npy_dir (the folder of <video_id>.npy files)")
-        if not Path(cfg.npy_dir).is_dir():
-            raise UserError(f"extract.npy_dir: folder not found: {cfg.npy_dir}; set it to the folder that holds "
-                            "the released <video_id>.npy feature files")
+    """Open (or repair) the store, plan the missing videos, compute them, then write the table and summary."""
+    _check_source(cfg)
+    store, fp, wid = _reuse_store(cfg, stage_dir, repair, verify)
+    plan = _plan(inputs, store, stage_dir, retry_failed)
+    attrs = _shard_attrs(cfg, fp, wid)
+    sink, feature_dim = _compute(cfg, plan, stage_dir, attrs, store.feature_dim, progress)
+    return _finish(cfg, inputs, stage_dir, plan, sink, feature_dim, t_start, progress)
+
+
+def _check_source(cfg: ExtractConfig) -> None:
+    """An npy import needs extract.npy_dir, an existing folder."""
+    if cfg.source != "npy":
+        return
+    if not cfg.npy_dir:
+        raise UserError("extract.source=npy needs extract.npy_dir (the folder of <video_id>.npy files)")
+    if not Path(cfg.npy_dir).is_dir():
+        raise UserError(f"extract.npy_dir: folder not found: {cfg.npy_dir}; set it to the folder that holds "
+                        "the released <video_id>.npy feature files")
+
+
+def _reuse_store(cfg: ExtractConfig, stage_dir: Path, repair: bool, verify: Sequence[str]):
+    """The store already in `stage_dir` (partial files of a killed run removed, damaged shards refused or
+    repaired), refused when it holds features of other settings; with the settings' fingerprint and
+    weights identity: (store, fingerprint, weights identity)."""
     removed = remove_partials(stage_dir)
     if removed:
         log.info("removed %d partial file(s) of an interrupted run: %s", len(removed), removed)
@@ -437,71 +352,53 @@ def _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start, verify
             f"extract: {stage_dir} already holds features made with other settings "
             f"(stored: backbone={store.attrs.get('backbone')}, config={old}); "
             "delete that directory or re-run the stage with --force")
+    return store, fp, wid
+
+
+def _plan(inputs: list, store: FeatureStore, stage_dir: Path, retry_failed: bool) -> _Plan:
+    """Skip the videos already stored and, unless retrying, those that failed before."""
     done = set(store.ids())
-    failures = _load_failures(stage_dir / "failures.jsonl")
-    todo, skipped_failed = [], []
+    failures = load_failures(stage_dir / FAILURES_FILE)
+    todo, skipped_failed = [], 0
     for vid, path in inputs:
         if vid in done:
             continue
         if vid in failures and not retry_failed:
-            skipped_failed.append(vid)
+            skipped_failed += 1
             continue
         todo.append((vid, path))
-    n_done_before = sum(1 for vid, _ in inputs if vid in done)
-    log.info("extract: %d videos, %d already done, %d failed before (%s), %d to do", len(inputs), n_done_before,
-             len(skipped_failed), "retrying" if retry_failed else "skipped", len(todo))
+    done_before = sum(1 for vid, _ in inputs if vid in done)
+    log.info("extract: %d videos, %d already done, %d failed before (%s), %d to do", len(inputs), done_before,
+             skipped_failed, "retrying" if retry_failed else "skipped", len(todo))
+    return _Plan(todo, done_before, skipped_failed, first_free_shard(stage_dir))
 
-    first_shard = 0
-    for p in list_shards(stage_dir):
-        first_shard = max(first_shard, int(SHARD_RE.match(p.name).group(1)) + 1)
 
-    attrs = {"config": cfg.fingerprint_fields(), "fingerprint": fp, "weights_identity": wid,
-             "transform": transform_attrs(cfg), "sampling": sampling_attrs(cfg), "versions": package_versions(cfg.source),
-             "source": cfg.source}
-    feature_dim = store.feature_dim
-    encoder = None
-    ray_runner = None
-    sink = None
+def _shard_attrs(cfg: ExtractConfig, fp: str, wid: str) -> dict:
+    """The attributes of every new shard (the backbone's are added once it is loaded)."""
+    return {"config": cfg.fingerprint_fields(), "fingerprint": fp, "weights_identity": wid,
+            "transform": transform_attrs(cfg), "sampling": sampling_attrs(cfg),
+            "versions": package_versions(cfg.source), "source": cfg.source}
+
+
+def _compute(cfg: ExtractConfig, plan: _Plan, stage_dir: Path, attrs: dict, feature_dim: Optional[int],
+             progress: bool) -> tuple[Optional[ResultSink], Optional[int]]:
+    """Compute and store the features of `plan.todo`: (the sink, None when there was nothing to do; the
+    feature dim). A first Ctrl-C / SIGTERM stops after the current video, keeps the complete shards and
+    raises KeyboardInterrupt; any error drops the shard in flight."""
+    if not plan.todo:
+        return None, feature_dim
+    ray_runner = RayRunner(cfg) if cfg.source == "videos" and cfg.runner != "inprocess" else None
+    sink = pbar = None
     stop = _StopFlag()
     interrupted = False
-    pbar = None
     try:
-        if todo:
-            if cfg.source == "npy":
-                from .npy_import import prepare_npy
-                plan = prepare_npy(cfg, todo, stage_dir)
-                feature_dim = plan.dim
-                attrs.update({"backbone": cfg.backbone, "weights": "imported", "weights_sha256": "",
-                              "npy_dir": str(cfg.npy_dir), "feature_dim": plan.dim})
-            else:
-                from .encoder import encoder_from_config
-                if cfg.runner == "inprocess":
-                    encoder = encoder_from_config(cfg)
-                    desc = encoder.describe()
-                else:
-                    from .ray_runner import RayRunner
-                    ray_runner = RayRunner(cfg)
-                    desc = ray_runner.start()
-                feature_dim = desc["feature_dim"]
-                attrs.update({"backbone": desc["backbone"], "weights": desc["weights"],
-                              "weights_sha256": desc["weights_sha256"] or "", "precision": desc["precision"]})
-                if "tsm" in desc:
-                    attrs["tsm"] = desc["tsm"]
-            if progress:
-                from tqdm.auto import tqdm
-                pbar = tqdm(total=len(todo), unit="video", desc=f"extract {cfg.backbone}", dynamic_ncols=True,
-                            file=sys.stderr)
-            sink = ResultSink(stage_dir, cfg, attrs, feature_dim, first_shard, pbar)
-            with stop:
-                if cfg.source == "npy":
-                    from .npy_import import run_npy
-                    run_npy(plan, sink, stop)
-                elif cfg.runner == "inprocess":
-                    run_inprocess(cfg, encoder, todo, sink, stop)
-                else:
-                    ray_runner.run(todo, sink, stop)
-                interrupted = stop.is_set()
-            sink.flush()
+        feature_dim, work = _start_source(cfg, plan.todo, stage_dir, attrs, ray_runner)
+        pbar = _progress_bar(cfg, len(plan.todo)) if progress else None
+        sink = ResultSink(stage_dir, cfg, attrs, feature_dim, plan.first_shard, pbar)
+        with stop:
+            work(sink, stop)
+            interrupted = stop.is_set()
+        sink.flush()
     except KeyboardInterrupt:
         interrupted = True
         if sink is not None:
@@ -516,154 +413,128 @@ def _run(cfg, inputs, stage_dir, retry_failed, repair, progress, t_start, verify
         if ray_runner is not None:
             ray_runner.shutdown()
     if interrupted:
-        msg = (f"extract interrupted: complete shards are kept in {stage_dir}; re-run the same command to resume "
-               "(finished videos are skipped)")
-        log.warning(msg, extra=_FILE_ONLY)  # to extract.log; the console gets it once, here
-        print(msg, file=sys.stderr, flush=True)
-        raise KeyboardInterrupt(msg)
+        _report_interrupt(stage_dir)
+    return sink, feature_dim
 
-    # ---- final table and summary (from what is on disk)
+
+def _start_source(cfg: ExtractConfig, todo: list, stage_dir: Path, attrs: dict,
+                  ray_runner: Optional[RayRunner]) -> tuple[int, Callable]:
+    """Load what computes the features (the npy import's plan, the encoder here, or the Ray actors) and
+    record its backbone in `attrs`; returns (feature dim, work(sink, stop))."""
+    if cfg.source == "npy":
+        from .npy_import import prepare_npy, run_npy
+        npy = prepare_npy(cfg, todo, stage_dir)
+        attrs.update({"backbone": cfg.backbone, "weights": "imported", "weights_sha256": "",
+                      "npy_dir": str(cfg.npy_dir), "feature_dim": npy.dim})
+        return npy.dim, functools.partial(run_npy, npy)
+    if ray_runner is None:
+        from .encoder import encoder_from_config  # torch: loaded only when a model runs here
+        encoder = encoder_from_config(cfg)
+        desc = encoder.describe()
+        work = functools.partial(run_inprocess, cfg, encoder, todo)
+    else:
+        desc = ray_runner.start()
+        work = functools.partial(ray_runner.run, todo)
+    attrs.update({"backbone": desc["backbone"], "weights": desc["weights"],
+                  "weights_sha256": desc["weights_sha256"] or "", "precision": desc["precision"]})
+    if "tsm" in desc:
+        attrs["tsm"] = desc["tsm"]
+    return desc["feature_dim"], work
+
+
+def _progress_bar(cfg: ExtractConfig, total: int):
+    """The run's progress bar on stderr (videos, frames/s, failures)."""
+    from tqdm.auto import tqdm
+    return tqdm(total=total, unit="video", desc=f"extract {cfg.backbone}", dynamic_ncols=True, file=sys.stderr)
+
+
+def _report_interrupt(stage_dir: Path) -> NoReturn:
+    """Say how to resume (extract.log and the console, once) and raise KeyboardInterrupt."""
+    msg = (f"extract interrupted: complete shards are kept in {stage_dir}; re-run the same command to resume "
+           "(finished videos are skipped)")
+    log.warning(msg, extra=_FILE_ONLY)  # to extract.log; the console gets it once, here
+    print(msg, file=sys.stderr, flush=True)
+    raise KeyboardInterrupt(msg)
+
+
+# --------------------------------------------------------------------------- table and summary
+
+def _finish(cfg: ExtractConfig, inputs: list, stage_dir: Path, plan: _Plan, sink: Optional[ResultSink],
+            feature_dim: Optional[int], t_start: float, progress: bool) -> dict:
+    """videos.parquet and the summary, from what is on disk; the stage fails when too many videos did."""
     final = FeatureStore(stage_dir, on_corrupt="raise")
+    df, failed = _videos_table(inputs, final, stage_dir)
+    table_path = stage_dir / "videos.parquet"
+    _write_parquet_atomic(df, table_path)
+    seconds = time.time() - t_start
+    summary = _summary(cfg, df, failed, final, plan, sink, feature_dim, seconds)
+    log.debug("extract summary: %s", json.dumps({k: v for k, v in summary.items() if k != "failures"}))
+    if progress:
+        _print_summary(summary, seconds, table_path)
+    _check_failure_fraction(cfg, summary, stage_dir, table_path)
+    return summary
+
+
+def _videos_table(inputs: list, final: FeatureStore, stage_dir: Path) -> tuple[pd.DataFrame, list[dict]]:
+    """One row per input video (ok: from the store; failed: with its last recorded reason), and the
+    failed videos as [{"video_id", "error"}]."""
     index = final.index_table()
-    failures = _load_failures(stage_dir / "failures.jsonl")
-    rows = []
-    failed_list = []
-    for vid, path in inputs:
+    failures = load_failures(stage_dir / FAILURES_FILE)
+    rows, failed = [], []
+    for vid, _ in inputs:
         if vid in index:
             r = index[vid]
             rows.append((vid, "ok", r["num_frames"], r["shard"], r["decoder"], None))
         else:
             err = failures.get(vid, {}).get("error") or "not extracted (unknown reason)"
             rows.append((vid, "failed", 0, None, None, err))
-            failed_list.append({"video_id": vid, "error": err})
+            failed.append({"video_id": vid, "error": err})
     df = pd.DataFrame(rows, columns=["video_id", "status", "num_frames", "shard", "decoder", "error"])
     df["num_frames"] = df["num_frames"].astype("int64")
-    table_path = stage_dir / "videos.parquet"
-    _write_parquet_atomic(df, table_path)
+    return df, failed
 
-    seconds = time.time() - t_start
-    n = len(inputs)
+
+def _summary(cfg: ExtractConfig, df: pd.DataFrame, failed: list, final: FeatureStore, plan: _Plan,
+             sink: Optional[ResultSink], feature_dim: Optional[int], seconds: float) -> dict:
+    """The stage summary (counts, throughput of this run, settings, shards, the first failures)."""
+    n = len(df)
     n_ok = int((df["status"] == "ok").sum())
-    n_failed = n - n_ok
-    frac = n_failed / n if n else 0.0
-    new_ok = len(sink.ok_now) if sink else 0
     new_frames = sink.frames if sink else 0
-    summary = {
-        "videos": n, "ok": n_ok, "failed": n_failed, "failure_fraction": round(frac, 6),
+    decoders = dict(df["decoder"].value_counts()) if n_ok else {}
+    return {
+        "videos": n, "ok": n_ok, "failed": n - n_ok, "failure_fraction": round((n - n_ok) / n if n else 0.0, 6),
         "max_failure_fraction": cfg.max_failure_fraction,
-        "skipped_done": n_done_before, "skipped_failed": len(skipped_failed), "processed": len(todo),
-        "new_ok": new_ok, "new_failed": len(sink.failed_now) if sink else 0,
+        "skipped_done": plan.done_before, "skipped_failed": plan.skipped_failed, "processed": len(plan.todo),
+        "new_ok": len(sink.ok_now) if sink else 0, "new_failed": len(sink.failed_now) if sink else 0,
         "frames": int(df["num_frames"].sum()), "new_frames": new_frames,
         "seconds": round(seconds, 3),
-        "videos_per_s": round(len(todo) / seconds, 4) if seconds > 0 else None,
+        "videos_per_s": round(len(plan.todo) / seconds, 4) if seconds > 0 else None,
         "frames_per_s": round(new_frames / seconds, 3) if seconds > 0 else None,
         "backbone": cfg.backbone, "feature_dim": final.feature_dim or feature_dim,
         "preprocessing": cfg.preprocessing().to_dict() if cfg.source == "videos" else None,
         "dtype": cfg.dtype, "source": cfg.source, "runner": cfg.runner, "sampling": cfg.sampling,
-        "decoders": dict(df["decoder"].value_counts()) if n_ok else {},
+        "decoders": {str(k): int(v) for k, v in decoders.items()},
         "shards": len(final.shards), "shards_written": sink.shards_written if sink else [],
-        "videos_table": "videos.parquet", "failures_log": "failures.jsonl",
-        "failures": failed_list[:MAX_FAILURES_IN_SUMMARY], "failures_truncated": len(failed_list) > MAX_FAILURES_IN_SUMMARY,
+        "videos_table": "videos.parquet", "failures_log": FAILURES_FILE,
+        "failures": failed[:MAX_FAILURES_IN_SUMMARY], "failures_truncated": len(failed) > MAX_FAILURES_IN_SUMMARY,
     }
-    summary["decoders"] = {str(k): int(v) for k, v in summary["decoders"].items()}
-    log.debug("extract summary: %s", json.dumps({k: v for k, v in summary.items() if k != "failures"}))
-    if progress:
-        print(f"extract: {n_ok}/{n} videos ok, {n_failed} failed ({frac:.1%}), {summary['frames']} frames; "
-              f"this run {len(todo)} videos in {seconds:.1f} s ({summary['videos_per_s']} videos/s, "
-              f"{summary['frames_per_s']} frames/s); table: {table_path}", file=sys.stderr)
+
+
+def _print_summary(summary: dict, seconds: float, table_path: Path) -> None:
+    """One line on stderr: totals, this run's throughput, the table's path."""
+    n, n_ok, n_failed = summary["videos"], summary["ok"], summary["failed"]
+    frac = n_failed / n if n else 0.0
+    print(f"extract: {n_ok}/{n} videos ok, {n_failed} failed ({frac:.1%}), {summary['frames']} frames; "
+          f"this run {summary['processed']} videos in {seconds:.1f} s ({summary['videos_per_s']} videos/s, "
+          f"{summary['frames_per_s']} frames/s); table: {table_path}", file=sys.stderr)
+
+
+def _check_failure_fraction(cfg: ExtractConfig, summary: dict, stage_dir: Path, table_path: Path) -> None:
+    """StageFailed when more than extract.max_failure_fraction of the videos failed."""
+    n, n_failed = summary["videos"], summary["failed"]
+    frac = n_failed / n if n else 0.0
     if n and frac > cfg.max_failure_fraction:
         raise StageFailed(
             f"extract: {n_failed} of {n} videos failed ({frac:.1%} > max_failure_fraction "
-            f"{cfg.max_failure_fraction:.1%}); see {table_path} and {stage_dir / 'failures.jsonl'}; fix the files "
+            f"{cfg.max_failure_fraction:.1%}); see {table_path} and {stage_dir / FAILURES_FILE}; fix the files "
             "or re-run with --retry-failed (or raise extract.max_failure_fraction)")
-    return summary
-
-
-# --------------------------------------------------------------------------- in-process runner
-
-def make_job(cfg: ExtractConfig, vid: str, path: Optional[str]):
-    from .decode import DecodeJob
-    pre = cfg.preprocessing()
-    return DecodeJob(video_id=vid, path=path, sampling=cfg.sampling, num_frames=cfg.num_frames, fps=cfg.fps,
-                     max_frames=cfg.max_frames, resize=pre.resize, crop=pre.crop, decoder=cfg.decoder,
-                     interpolation=pre.interpolation)
-
-
-def video_meta(done: dict, notes: list, path: Optional[str]) -> dict:
-    m = dict(done)
-    m["notes"] = list(notes) + list(done.get("notes", []))
-    m["path"] = path
-    return m
-
-
-def run_inprocess(cfg: ExtractConfig, encoder, todo: list, sink: ResultSink, stop) -> None:
-    """Decode in killable worker processes (overlapping the model), embed here, write via `sink`."""
-    from .decode import DecodePool
-
-    bs = encoder.batch_size
-    whole = encoder.whole_video
-    paths = dict(todo)
-    state: dict[str, dict] = {}
-    dead: set[str] = set()
-
-    def new_state():
-        return {"buf": [], "nbuf": 0, "feats": [], "notes": []}
-
-    def drain(st, final: bool):
-        while st["nbuf"] >= bs or (final and st["nbuf"] > 0):
-            allf = np.concatenate(st["buf"]) if len(st["buf"]) > 1 else st["buf"][0]
-            take = min(bs, len(allf))
-            st["feats"].append(encoder.embed_batch(allf[:take]))
-            rest = allf[take:]
-            st["buf"] = [rest] if len(rest) else []
-            st["nbuf"] = len(rest)
-
-    jobs = [make_job(cfg, vid, path) for vid, path in todo]
-    workers = resources.decode_workers(cfg.num_decode_workers, on_gpu=encoder.device.type == "cuda")
-    log.info("extract: %d decode worker(s) (CPU budget %d)", workers, resources.available_cpus())
-    pool = DecodePool(workers, cfg.decode_timeout_s)
-    try:
-        for job, ev in pool.imap(jobs):
-            if stop.is_set():
-                break
-            vid = job.video_id
-            if vid in dead:
-                continue
-            st = state.setdefault(vid, new_state())
-            kind = ev[0]
-            result = None  # what to hand to the sink, outside the per-video error handling below
-            try:
-                if kind == "frames":
-                    st["buf"].append(ev[1])
-                    st["nbuf"] += len(ev[1])
-                    if not whole:
-                        drain(st, False)
-                elif kind == "reset":
-                    notes = st["notes"] + [ev[1]]
-                    state[vid] = st = new_state()
-                    st["notes"] = notes
-                elif kind == "done":
-                    if whole:
-                        feats = encoder.embed_video(np.concatenate(st["buf"]))
-                    else:
-                        drain(st, True)
-                        feats = np.concatenate(st["feats"])
-                    del state[vid]
-                    result = ("ok", feats, video_meta(ev[1], st["notes"], paths.get(vid)))
-                elif kind == "error":
-                    del state[vid]
-                    result = ("fail", ev[1], {"notes": st["notes"], "path": paths.get(vid)})
-            except (KeyboardInterrupt, MemoryError):
-                raise
-            except Exception as e:  # model-side failure of one video
-                state.pop(vid, None)
-                dead.add(vid)
-                result = ("fail", f"feature computation failed: {type(e).__name__}: {e}", {"path": paths.get(vid)})
-            # storing is not the video's fault: an OSError of the shard files is fatal (UserError from the sink)
-            if result is not None:
-                if result[0] == "ok":
-                    sink.ok(vid, result[1], result[2])
-                else:
-                    sink.fail(vid, result[1], result[2])
-    finally:
-        pool.close()

@@ -1,5 +1,34 @@
 """Feature store: HDF5 shards written whole and renamed, read through memory maps.
 
+The store is the ground the stages share: the extract stage writes it; training (train/data.py),
+predict/export (pipeline/bundle.py) and the benchmarks read it, all through the public API below
+(`__all__`); nothing outside extract/ touches the private names (`_features`, `_positions`, ...),
+so the on-disk layout can change behind it.
+
+Reading - ``FeatureStore(path, on_corrupt="raise"|"skip", deep_verify=False, max_open=128)``
+indexes every complete shard of a directory (a damaged one raises `CorruptShardError`, or is listed in
+``.corrupt`` with "skip"); reads go through memory maps and survive fork/pickling (DataLoader workers):
+
+    ids(), len(store), id in store, iter(store)     the stored video ids (first shard wins a duplicate)
+    feature_dim, dtype, attrs, path                 shared by all shards (attrs: the extract settings,
+                                                    transform/sampling/versions/config/tsm as dicts)
+    num_frames(id), lengths(ids=None)               rows per video
+    get(id, frames=None, dtype=None)                (T, D) copy of one video (`frames`: row indices)
+    get_many(ids, frames=None, dtype=None)          a list of those
+    sample_batch(ids, T, rng, dtype=None)           (B, T, D): T random sorted rows per video (training)
+    rows_batch(ids, frames, dtype=None)             (B, T, D): given rows per video (evaluation)
+    load_packed(ids=None, dtype=None)               (packed (sum T, D), offsets): everything in RAM
+    meta(id)                                        decoder, fps, duration, frame_indices, timestamps, ...
+    index_table(), shard_of(id)                     {id: shard, num_frames, decoder}; a video's shard file
+    verify(deep=True)                               [(file, problem)] of every shard (deep: checksums)
+    shards, corrupt, duplicates                     ShardIndex of each shard; skipped files; repeated ids
+
+Writing - ``ShardWriter(directory, shard_name(i), feature_dim, dtype, attrs)``: ``add(id, feats, meta)``
+per video (refuses non-finite or mis-shaped arrays with ValueError), ``close()`` makes the shard visible
+atomically, ``abort()`` drops it. Directory helpers: `list_shards`, `first_free_shard`,
+`remove_partials` (leftovers of a killed writer), `read_shard_index` (open and check one shard ->
+`ShardIndex`; its ``attrs`` are the raw HDF5 attributes).
+
 Layout of one shard `shard-NNNNN.h5` (format "vltr-features", version 1):
 
     features        (total_frames, D) float16|float32, contiguous (no chunking/compression), so it is
@@ -36,9 +65,12 @@ import numpy as np
 
 from manifests.errors import UserError
 
+__all__ = ["FeatureStore", "ShardWriter", "ShardIndex", "CorruptShardError", "read_shard_index", "list_shards",
+           "first_free_shard", "shard_name", "remove_partials", "FORMAT", "FORMAT_VERSION"]
+
 FORMAT = "vltr-features"
 FORMAT_VERSION = 1
-SHARD_RE = re.compile(r"^shard-(\d+)\.h5$")
+_SHARD_RE = re.compile(r"^shard-(\d+)\.h5$")
 _PER_VIDEO_STR = ("decoder", "notes")
 _PER_VIDEO_F8 = ("fps", "duration")
 _PER_VIDEO_I8 = ("n_frames_meta", "n_frames_decoded", "height", "width")
@@ -66,14 +98,21 @@ def _fsync_dir(d: Path) -> None:
 
 
 def shard_name(i: int) -> str:
+    """The file name of shard number `i`."""
     return f"shard-{i:05d}.h5"
 
 
 def list_shards(path: Path) -> list[Path]:
+    """The complete shard files of a directory, in name order (none when it does not exist)."""
     path = Path(path)
     if not path.is_dir():
         return []
-    return sorted(p for p in path.iterdir() if SHARD_RE.match(p.name) and p.is_file())
+    return sorted(p for p in path.iterdir() if _SHARD_RE.match(p.name) and p.is_file())
+
+
+def first_free_shard(path: Path) -> int:
+    """The number of the next new shard of a directory: one past the highest existing shard."""
+    return max((int(_SHARD_RE.match(p.name).group(1)) + 1 for p in list_shards(path)), default=0)
 
 
 # --------------------------------------------------------------------------- writing
@@ -108,6 +147,8 @@ class ShardWriter:
         return int(sum(self.lengths))
 
     def add(self, video_id: str, feats: np.ndarray, meta: dict) -> None:
+        """Append one video: (T>=1, D) finite features (ValueError otherwise) and its decoder metadata
+        (frame_indices, timestamps, decoder, notes, fps, duration, ...; missing ones are stored as unknown)."""
         feats = np.asarray(feats)
         if feats.ndim != 2 or feats.shape[1] != self.feature_dim or feats.shape[0] < 1:
             raise ValueError(f"{video_id}: features must be (T>=1, {self.feature_dim}), got {feats.shape}")
@@ -247,6 +288,7 @@ class ShardWriter:
         del raw
 
     def abort(self) -> None:
+        """Drop the shard: close and delete its partial files."""
         try:
             self._bin.close()
         except Exception:
@@ -292,7 +334,10 @@ def remove_partials(directory: Path) -> list[str]:
 
 # --------------------------------------------------------------------------- reading
 
-class _Shard:
+class ShardIndex:
+    """One checked shard: `path`, video `ids`, row `offsets` (N+1), `feat_offset` (byte offset of the
+    contiguous features in the file, None when not contiguous), `total` rows, `dim`, `dtype`, and the
+    raw HDF5 `attrs`."""
     __slots__ = ("path", "ids", "offsets", "feat_offset", "total", "dim", "dtype", "attrs")
 
 
@@ -304,7 +349,7 @@ def _attr(v):
     return v
 
 
-def read_shard_index(path: Path, deep: bool = False) -> _Shard:
+def read_shard_index(path: Path, deep: bool = False) -> ShardIndex:
     """Open and check one shard; raises ValueError with the reason when it is corrupt."""
     try:
         with h5py.File(path, "r") as f:
@@ -343,7 +388,7 @@ def read_shard_index(path: Path, deep: bool = False) -> _Shard:
         raise
     except Exception as e:  # h5py raises OSError/KeyError/... on damaged files
         raise ValueError(f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''})") from None
-    sh = _Shard()
+    sh = ShardIndex()
     sh.path, sh.ids, sh.offsets, sh.feat_offset = Path(path), ids, offsets, off
     sh.total, sh.dim, sh.dtype, sh.attrs = int(total), int(dim), dtype, attrs
     return sh
@@ -363,7 +408,7 @@ class FeatureStore:
         if not self.path.is_dir():
             raise UserError(f"feature store not found: {self.path} is not a directory (run the extract stage first)")
         self.max_open = max_open
-        self.shards: list[_Shard] = []
+        self.shards: list[ShardIndex] = []
         self.corrupt: list[tuple[str, str]] = []
         self.duplicates: list[str] = []
         self._index: dict[str, tuple[int, int]] = {}  # id -> (shard, row)
@@ -401,6 +446,7 @@ class FeatureStore:
 
     # -- pickling (DataLoader workers): drop open maps
     def __getstate__(self):
+        """Pickle without the open maps (DataLoader workers map the shards again)."""
         d = self.__dict__.copy()
         d["_maps"] = OrderedDict()
         d["_mmaps"] = {}
@@ -409,6 +455,7 @@ class FeatureStore:
 
     # -- basic protocol
     def ids(self) -> list[str]:
+        """The stored video ids, shard by shard (a duplicate id counts once, from its first shard)."""
         return list(self._index)
 
     def __len__(self) -> int:
@@ -422,28 +469,34 @@ class FeatureStore:
 
     @property
     def feature_dim(self) -> Optional[int]:
+        """D, the feature size (None for an empty store)."""
         return self.shards[0].dim if self.shards else None
 
     @property
     def dtype(self) -> Optional[np.dtype]:
+        """The stored dtype, float16 or float32 (None for an empty store)."""
         return self.shards[0].dtype if self.shards else None
 
     def num_frames(self, video_id: str) -> int:
+        """The number of stored rows (frames) of one video."""
         k, row = self._locate(video_id)
         o = self.shards[k].offsets
         return int(o[row + 1] - o[row])
 
     def lengths(self, ids: Optional[Sequence[str]] = None) -> np.ndarray:
+        """Rows per video of `ids` (default: all, in `ids()` order), int64."""
         ids = self.ids() if ids is None else ids
         return np.array([self.num_frames(v) for v in ids], dtype=np.int64)
 
     def _locate(self, video_id: str) -> tuple[int, int]:
+        """(shard index, row) of a video; KeyError naming the store when it is not there."""
         try:
             return self._index[video_id]
         except KeyError:
             raise KeyError(f"video {video_id!r} is not in the feature store {self.path}") from None
 
     def _features(self, k: int) -> np.ndarray:
+        """The (total, D) feature rows of shard k, memory-mapped (at most `max_open` shards stay mapped)."""
         m = self._maps.get(k)
         if m is not None:
             self._maps.move_to_end(k)
@@ -490,6 +543,7 @@ class FeatureStore:
         return np.array(out, dtype=dtype or sh.dtype, copy=True)
 
     def get_many(self, ids: Sequence[str], frames: Optional[Sequence[np.ndarray]] = None, dtype=None) -> list[np.ndarray]:
+        """`get` of each video (with its own row indices when `frames` is given)."""
         if frames is None:
             return [self.get(v, dtype=dtype) for v in ids]
         return [self.get(v, f, dtype=dtype) for v, f in zip(ids, frames)]
@@ -549,6 +603,8 @@ class FeatureStore:
         return packed, offsets
 
     def meta(self, video_id: str) -> dict:
+        """A video's stored metadata: shard, num_frames, frame_indices, timestamps, decoder, notes, fps,
+        duration, n_frames_meta, n_frames_decoded, height, width."""
         k, row = self._locate(video_id)
         sh = self.shards[k]
         per = self._meta_cache.get(k)
@@ -587,6 +643,7 @@ class FeatureStore:
         return out
 
     def shard_of(self, video_id: str) -> str:
+        """The file name of the shard that holds a video."""
         return self.shards[self._locate(video_id)[0]].path.name
 
     def verify(self, deep: bool = True) -> list[tuple[str, str]]:

@@ -127,7 +127,7 @@ class Predictor:
 
     # ---------------------------------------------------------------------------- features
     def _video_features(self, items: list, progress: bool) -> tuple:
-        from extract.stage import run_inprocess
+        from extract.inprocess import run_inprocess
 
         encoder = self.encoder()
         sink = _Collector(self.bundle.meta["features"]["dtype"], encoder.feature_dim, len(items), progress)
