@@ -8,11 +8,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from evaluate import registry
 from manifests.errors import UserError
 
 COLUMNS = ("mAP", "head", "medium", "tail", "acc1", "acc5")
 HEADERS = ("Overall", "Head", "Medium", "Tail", "Acc@1", "Acc@5")
 GROUP_KEYS = ("method", "features", "select_on", "config_id")
+
+
+def columns() -> tuple:
+    """The metrics a table shows: the papers' (:data:`COLUMNS`), then the registered ones (evaluate/registry.py)."""
+    return COLUMNS + tuple(registry.METRICS)
+
+
+def headers() -> tuple:
+    """Column titles of :func:`columns`."""
+    return HEADERS + tuple(m.header for m in registry.METRICS.values())
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -46,14 +57,14 @@ def run_markdown(label: str, document: dict) -> str:
     text = [f"# {label}\n", f"{document['videos']} {document['split']} videos; groups: head > "
             f"{document['thresholds']['head']}, tail <= {document['thresholds']['tail']} training "
             f"instances; {protocol(document['run'])}.\n",
-            markdown_table(["Method", *HEADERS], [[label, *(_fmt(m[c]) for c in COLUMNS)]])]
+            markdown_table(["Method", *headers()], [[label, *(_fmt(m[c]) for c in columns())]])]
     if document["profiles"]:
-        rows = [[name, *(_fmt(p[c]) for c in COLUMNS), f"{p['labels']['ratio']:.1f}"]
+        rows = [[name, *(_fmt(p[c]) for c in columns()), f"{p['labels']['ratio']:.1f}"]
                 for name, p in document["profiles"].items()]
         text += ["\n## Test-distribution profiles\n",
                  f"The same predictions on re-sampled test sets (seed {document['profile_seed']}); "
                  "ratio = max/min positives per class.\n",
-                 markdown_table(["Test profile", *HEADERS, "ratio"], rows)]
+                 markdown_table(["Test profile", *headers(), "ratio"], rows)]
     return "\n".join(text)
 
 
@@ -64,12 +75,12 @@ def experts_markdown(document: dict) -> str:
     if not experts:
         return ""
     names = list(document["profiles"])
-    rows = [[name, *(_fmt(m[c]) for c in COLUMNS), *(_fmt(m["profiles"][p]["mAP"]) for p in names)]
+    rows = [[name, *(_fmt(m[c]) for c in columns()), *(_fmt(m["profiles"][p]["mAP"]) for p in names)]
             for name, m in [("combination", {**document["metrics"], "profiles": document["profiles"]}),
                             *experts.items()]]
     return "\n".join(["\n## Experts\n", "Each expert's own predictions scored alone; profile columns are mAP on "
                       "the re-sampled test sets.\n",
-                      markdown_table(["Expert", *HEADERS, *(f"mAP[{p}]" for p in names)], rows)])
+                      markdown_table(["Expert", *headers(), *(f"mAP[{p}]" for p in names)], rows)])
 
 
 def metrics_files(run_dir: Path) -> list:
@@ -97,7 +108,9 @@ def collect(run_dirs) -> pd.DataFrame:
         row = {"run": str(path.parent), "method": method,
                "features": run.get("features", "unknown"), "seed": run.get("seed"),
                "select_on": run.get("select_on", "unknown"), "config_id": run.get("config_id", ""),
-               **{c: document["metrics"][c] for c in COLUMNS}, "train_s": run.get("train_seconds", np.nan)}
+               **{c: document["metrics"][c] for c in COLUMNS},
+               **{c: document["metrics"].get(c, np.nan) for c in registry.METRICS},  # older files lack new ones
+               "train_s": run.get("train_seconds", np.nan)}
         for name, profile in document.get("profiles", {}).items():
             if name != "as_is":  # the same numbers as the main columns
                 row[f"mAP[{name}]"] = profile["mAP"]
@@ -107,7 +120,7 @@ def collect(run_dirs) -> pd.DataFrame:
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and std (ddof 1) over runs that differ only in their seed."""
-    values = [c for c in runs.columns if c in COLUMNS or c.startswith("mAP[") or c == "train_s"]
+    values = [c for c in runs.columns if c in columns() or c.startswith("mAP[") or c == "train_s"]
     grouped = runs.groupby(list(GROUP_KEYS), sort=False, dropna=False)[values]
     means, stds = grouped.mean(), grouped.std(ddof=1)
     table = means.add_suffix("_mean").join(stds.add_suffix("_std"))
@@ -125,7 +138,7 @@ def report_markdown(table: pd.DataFrame) -> str:
             mean, std, digits = r[f"{c}_mean"], r[f"{c}_std"], 0 if c == "train_s" else 3
             cells.append(_fmt(mean, digits) + (f" ± {std:.{digits}f}" if r["runs"] > 1 and not np.isnan(std) else ""))
         rows.append([r["method"], r["features"], r["select_on"], r["runs"], *cells])
-    names = {**dict(zip(COLUMNS, HEADERS)), "train_s": "Train (s)"}
+    names = {**dict(zip(columns(), headers())), "train_s": "Train (s)"}
     header = ["Method", "Features", "Selected on", "Runs", *(names.get(c, c) for c in values)]
     return ("Mean ± sample std over seeds where a configuration has several runs. 'Selected on' is the "
             "split the checkpoint was chosen on (test = the papers' protocol).\n\n" + markdown_table(header, rows))

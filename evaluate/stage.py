@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evaluate import metrics, plots, profiles, report
+from evaluate import metrics, plots, profiles, registry, report
 from evaluate.config import EvaluateConfig
 from manifests import tables
 from manifests.datasets import multi_hot
@@ -73,13 +73,19 @@ def align(scores: np.ndarray, ids: np.ndarray, videos: pd.DataFrame, num_classes
     return scores[rows.to_numpy(dtype=np.int64)], multi_hot(videos.labels, num_classes)
 
 
+def score(scores, targets, counts, head: int, tail: int) -> dict:
+    """:func:`metrics.compute`'s result plus the registered metrics (evaluate/registry.py)."""
+    return {**metrics.compute(scores, targets, counts, head=head, tail=tail),
+            **registry.compute_all(scores, targets, counts, head, tail)}
+
+
 def score_with_profiles(cfg: EvaluateConfig, scores, targets, counts, head: int, tail: int) -> tuple:
-    """``(metrics.compute result, {profile: scalars + realised label distribution})`` of one score matrix."""
-    main = metrics.compute(scores, targets, counts, head=head, tail=tail)
+    """``(score result, {profile: scalars + realised label distribution})`` of one score matrix."""
+    main = score(scores, targets, counts, head, tail)
     by_profile = {}
     for name in cfg.test_profiles:
         rows = profiles.resample(targets, name, counts, cfg.profile_seed)
-        result = main if name == "as_is" else metrics.compute(scores[rows], targets[rows], counts, head, tail)
+        result = main if name == "as_is" else score(scores[rows], targets[rows], counts, head, tail)
         by_profile[name] = {**metrics.scalars(result), "labels": profiles.label_distribution(targets[rows])}
     return main, by_profile
 
@@ -123,7 +129,7 @@ def run_evaluate(cfg: EvaluateConfig, split_dir: Path, predictions: Path, stage_
     write_text_atomic(stage_dir / RESULTS_MD, report.run_markdown(label, document) + report.experts_markdown(document))
     plots.ap_vs_frequency(stage_dir / AP_PLOT, counts, main["per_class_ap"], classes.group.to_numpy(),
                           head, tail, title=f"Per-class AP against training frequency: {label}")
-    summary = {"videos": len(videos), **{k: document["metrics"][k] for k in report.COLUMNS},
+    summary = {"videos": len(videos), **{k: document["metrics"][k] for k in report.columns()},
                "profiles": {p: by_profile[p]["mAP"] for p in by_profile},
                **({"experts": {k: v["mAP"] for k, v in by_expert.items()}} if by_expert else {})}
     return summary, [METRICS_JSON, PER_CLASS_CSV, RESULTS_MD, AP_PLOT]

@@ -3,7 +3,8 @@
 The canonical table (a pandas DataFrame, one row per video, rows in file order) has columns
 ``video_id`` (str), ``path`` (absolute video path or None), ``labels`` (list of class indices)
 and ``split`` ("train" | "val" | "test"). Every reader validates what it reads; a bad line is a
-:class:`DatasetError` naming the file and line.
+:class:`DatasetError` naming the file and line. ``dataset.format`` names a reader through
+pipeline/formats.py; a new reader builds its table with :func:`video_table`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import pandas as pd
 from manifests.errors import DatasetError, UserError
 
 SPLITS = ("train", "val", "test")
-FORMATS = ("demo", "synthetic", "videolt", "minikinetics", "kinetics_csv", "csv")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg")
 # Video ids become file names and HDF5 keys: letters, digits, '_', '-', '.'; no path parts.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,199}$")
@@ -108,8 +108,10 @@ def _read_id_label_list(path: Path, sep: str, num_classes: int | None, split: st
     return rows
 
 
-def _table(rows: list, video_paths: dict) -> pd.DataFrame:
-    """Canonical table from ``(id, labels, split, (file, line))`` rows; checks duplicate ids."""
+def video_table(rows: list, video_paths: dict) -> pd.DataFrame:
+    """Canonical table from ``(id, labels, split, (file, line))`` rows (ids checked with
+    :func:`check_video_id`, labels lists of class indices, split one of :data:`SPLITS`) and
+    ``{id: absolute video path}``; a video id listed twice is a :class:`DatasetError`."""
     seen = {}
     for video_id, _, split, where in rows:
         if video_id in seen:
@@ -171,7 +173,7 @@ def read_videolt(root: str | Path, videos_dir=None) -> Dataset:
     for split, path in lists.items():
         rows += _read_id_label_list(path, ",", num_classes, split)
     dataset = Dataset(
-        videos=_table(rows, index_video_files(videos_dir)),
+        videos=video_table(rows, index_video_files(videos_dir)),
         class_names=[names[i] for i in range(num_classes)],
         label_files={"count-labels-train.lst": counts_file, **{p.name: p for p in lists.values()}},
         declared_train_counts=np.array([declared[i] for i in range(num_classes)]),
@@ -207,7 +209,7 @@ def read_minikinetics(root: str | Path, videos_dir=None) -> Dataset:
     if names is None:
         num_classes = 1 + max(r[1][0] for r in rows)
         names = [f"class_{i:03d}" for i in range(num_classes)]
-    return Dataset(_table(rows, index_video_files(videos_dir)), names, label_files)
+    return Dataset(video_table(rows, index_video_files(videos_dir)), names, label_files)
 
 
 def _read_csv(path: Path, required: tuple) -> list:
@@ -270,7 +272,7 @@ def read_kinetics_csv(csv_path: str | Path, class_names=None, videos_dir=None) -
     label_files = {csv_path.name: csv_path}
     if class_names is not None:
         label_files["class_names"] = Path(class_names)
-    return Dataset(_table(rows, index_video_files(videos_dir)), names, label_files)
+    return Dataset(video_table(rows, index_video_files(videos_dir)), names, label_files)
 
 
 def read_generic_csv(csv_path: str | Path, class_names=None) -> Dataset:
@@ -295,7 +297,7 @@ def read_generic_csv(csv_path: str | Path, class_names=None) -> Dataset:
     label_files = {csv_path.name: csv_path}
     if class_names is not None:
         label_files["class_names"] = Path(class_names)
-    return Dataset(_table(rows, paths), names, label_files)
+    return Dataset(video_table(rows, paths), names, label_files)
 
 
 def label_counts(labels, num_classes: int) -> np.ndarray:

@@ -53,15 +53,13 @@ class ModelBundle:
 
     def build_model(self):
         """The head in eval mode on the CPU, with the bundle's weights."""
-        from train import methods
-        from train.config import MedcConfig, MoveConfig
+        from train import methods, registry
 
         settings = self.meta["settings"]
-        options = {"move": MoveConfig(**settings["move"]) if "move" in settings else None,
-                   "medc": MedcConfig(**settings["medc"]) if "medc" in settings else None}
+        options = {name: model(**settings[name]) for name, model in registry.section_models().items()
+                   if name in settings}
         recipe = methods.build(self.meta["method"], train_config(settings), self.meta["feature_dim"],
-                               len(self.class_names), np.asarray(self.meta["classes"]["train_counts"]),
-                               {k: v for k, v in options.items() if v is not None})
+                               len(self.class_names), np.asarray(self.meta["classes"]["train_counts"]), options)
         try:
             recipe.model.load_state_dict(self.state)
         except RuntimeError as exc:

@@ -36,9 +36,7 @@ def _add_config_args(parser: argparse.ArgumentParser, with_work_dir: bool = True
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from extract.registry import names_message
-    from pipeline.stages import ORDER, STAGES
-
+    """The command line's parser: run, status, config, report, bench, demo-data, predict, export."""
     parser = argparse.ArgumentParser(
         prog="python -m pipeline", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Long-tailed video recognition: videos -> per-frame features -> imbalanced splits "
@@ -48,21 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    stage_help = "; ".join(f"{n}: {STAGES[n].description}" for n in ORDER)
-    run = commands.add_parser("run", parents=[quiet], help="run a stage or the whole chain (default: the demo, all stages)",
-                              description=f"Run stages. {stage_help}. Backbones (--set extract.backbone=NAME): "
-                                          f"{names_message()}.")
-    _add_config_args(run)
-    run.add_argument("--stage", choices=(*ORDER, "all"), default="all", help="stage to run (default: all)")
-    run.add_argument("--force", action="store_true", help="re-run the stage even if it is up to date")
-    run.add_argument("--no-rerun", action="store_true",
-                     help="refuse (instead of re-running) when a stage is stale")
-    run.add_argument("--resume", choices=("auto", "never"), default="auto",
-                     help="train: continue from the last checkpoint when there is one (auto, default) or start over")
-    run.add_argument("--retry-failed", action="store_true", help="extract: retry videos that failed before")
-    run.add_argument("--repair", action="store_true", help="extract: re-extract corrupted shards")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_run_parser(commands, quiet)
 
     status = commands.add_parser("status", parents=[quiet], help="what each stage has produced, and whether it is stale",
                                  description="Show each stage's state in a work directory: done, stale "
@@ -100,6 +84,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     _add_predict_parsers(commands, quiet)
     return parser
+
+
+def _add_run_parser(commands, quiet: argparse.ArgumentParser) -> None:
+    """`run`; its help lists the stages and the registered backbones, methods and dataset formats."""
+    from extract.registry import names_message
+    from pipeline import formats
+    from pipeline.stages import ORDER, STAGES
+    from train import registry as methods
+
+    stage_help = "; ".join(f"{n}: {STAGES[n].description}" for n in ORDER)
+    run = commands.add_parser("run", parents=[quiet], help="run a stage or the whole chain (default: the demo, all stages)",
+                              description=f"Run stages. {stage_help}. Backbones (--set extract.backbone=NAME): "
+                                          f"{names_message()}. Methods (--set train.method=NAME): "
+                                          f"{methods.names_message()}. Dataset formats (--set dataset.format=NAME): "
+                                          f"{', '.join(formats.FORMATS)}.")
+    _add_config_args(run)
+    run.add_argument("--stage", choices=(*ORDER, "all"), default="all", help="stage to run (default: all)")
+    run.add_argument("--force", action="store_true", help="re-run the stage even if it is up to date")
+    run.add_argument("--no-rerun", action="store_true",
+                     help="refuse (instead of re-running) when a stage is stale")
+    run.add_argument("--resume", choices=("auto", "never"), default="auto",
+                     help="train: continue from the last checkpoint when there is one (auto, default) or start over")
+    run.add_argument("--retry-failed", action="store_true", help="extract: retry videos that failed before")
+    run.add_argument("--repair", action="store_true", help="extract: re-extract corrupted shards")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _add_predict_parsers(commands, quiet: argparse.ArgumentParser) -> None:

@@ -10,20 +10,20 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic_core import PydanticCustomError
 
 from evaluate.config import EvaluateConfig
 from extract.config import ExtractConfig
-from train.config import MedcConfig, MoveConfig, TrainConfig
+from train import registry as method_registry
+from train.config import TrainConfig
 from manifests.datasets import read_text
 from manifests.errors import UserError
+from pipeline import formats
 from pipeline.synthetic_data import SyntheticSpec
 
 PACKAGE_CONFIGS = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = "demo"
-# (head, tail) thresholds of the class groups when split.head / split.tail are not set.
-DEFAULT_GROUP_THRESHOLDS = {"minikinetics": (300, 40), "demo": (15, 5)}
-FALLBACK_GROUP_THRESHOLDS = (500, 100)
 
 
 class Section(BaseModel):
@@ -33,7 +33,7 @@ class Section(BaseModel):
 class DatasetConfig(Section):
     """Where the labels (and optionally the videos) are, and in which format."""
 
-    format: Literal["demo", "synthetic", "videolt", "minikinetics", "kinetics_csv", "csv"] = "demo"
+    format: str = Field("demo", description=f"one of {formats.names_message()} (pipeline/formats.py)")
     root: str | None = Field(None, description="videolt/minikinetics: folder of label lists; "
                              "csv/kinetics_csv: the CSV file; demo/synthetic: where to generate "
                              "(default <work_dir>/demo-data, <work_dir>/synthetic-data)")
@@ -42,6 +42,21 @@ class DatasetConfig(Section):
     demo_seed: int = Field(0, description="seed of the generated demo videos")
     synthetic: SyntheticSpec = Field(SyntheticSpec(), description="the synthetic feature benchmark's knobs "
                                      "(format synthetic)")
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _known_format(cls, value):
+        if isinstance(value, str) and value in formats.FORMATS:
+            return value
+        raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                  {"expected": formats.names_message()})
+
+
+def _default_thresholds(which: int) -> str:
+    """The default head (0) or tail (1) threshold of each format, for the split.head/tail help."""
+    given = {name: f.thresholds[which] for name, f in formats.FORMATS.items()
+             if not callable(f.thresholds) and tuple(f.thresholds) != formats.FALLBACK_THRESHOLDS}
+    return "; ".join([f"default {formats.FALLBACK_THRESHOLDS[which]}", *(f"{k} {v}" for k, v in given.items())])
 
 
 class SplitConfig(Section):
@@ -52,14 +67,12 @@ class SplitConfig(Section):
     imbalance: float = Field(0.01, gt=0, le=1, description="n_min / n_max of the minikinetics/exp/step profiles")
     max_per_class: int | None = Field(None, gt=0, description="n_max of exp/step (default: the largest class)")
     seed: int | None = Field(None, description="seed of exp/step selection (default: the top-level seed)")
-    head: int | None = Field(None, ge=0, description="head: train count > head "
-                             "(default 500; minikinetics 300; demo 15)")
-    tail: int | None = Field(None, ge=0, description="tail: train count <= tail "
-                             "(default 100; minikinetics 40; demo 5)")
+    head: int | None = Field(None, ge=0, description=f"head: train count > head ({_default_thresholds(0)})")
+    tail: int | None = Field(None, ge=0, description=f"tail: train count <= tail ({_default_thresholds(1)})")
 
 
-class Config(Section):
-    """The whole run configuration."""
+class RunSections(Section):
+    """The sections of a run configuration before the methods' own (:data:`Config` adds those)."""
 
     work_dir: str = "runs/demo"
     seed: int = 2021
@@ -69,9 +82,17 @@ class Config(Section):
     extract: ExtractConfig = ExtractConfig()
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
-    move: MoveConfig = MoveConfig()
-    medc: MedcConfig = MedcConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
+
+
+def config_model() -> type:
+    """The run configuration's model: :class:`RunSections`, one section per method that has its own
+    (train/registry.py: ``move``, ``medc``), then ``evaluate``, in the order ``pipeline config`` prints."""
+    sections = {name: (model, model()) for name, model in method_registry.section_models().items()}
+    return create_model("Config", __base__=RunSections, __module__=__name__, __doc__="The whole run configuration.",
+                        **sections, evaluate=(EvaluateConfig, EvaluateConfig()))
+
+
+Config = config_model()
 
 
 def resolve_config_file(name_or_path: str) -> Path:
@@ -205,12 +226,7 @@ def _model_at(loc: list):
 def group_thresholds(cfg: Config) -> tuple:
     """The (head, tail) thresholds in force: split.head/tail, else the dataset format's defaults
     (for the synthetic benchmark: scaled to its profile so the group shares are VideoLT's)."""
-    if cfg.dataset.format == "synthetic":
-        from pipeline.synthetic_data import group_thresholds as synthetic_thresholds
-
-        head, tail = synthetic_thresholds(cfg.dataset.synthetic)
-    else:
-        head, tail = DEFAULT_GROUP_THRESHOLDS.get(cfg.dataset.format, FALLBACK_GROUP_THRESHOLDS)
+    head, tail = formats.lookup(cfg.dataset.format).default_thresholds(cfg)
     return (cfg.split.head if cfg.split.head is not None else head,
             cfg.split.tail if cfg.split.tail is not None else tail)
 
@@ -219,7 +235,7 @@ def split_profile(cfg: Config) -> str:
     """split.profile with ``auto`` resolved."""
     if cfg.split.profile != "auto":
         return cfg.split.profile
-    return "minikinetics" if cfg.dataset.format == "minikinetics" else "given"
+    return formats.lookup(cfg.dataset.format).split_profile
 
 
 def single_runs(cfg: Config) -> list:

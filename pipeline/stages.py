@@ -21,6 +21,8 @@ from manifests.files import read_table, sha256_file, write_table
 from manifests.groups import GROUPS, assign_groups
 from manifests.manifest import config_hash, read_manifest
 from pipeline.config import Config, group_thresholds, run_name, split_profile, split_seed
+from pipeline.formats import demo_root, read_dataset
+from train import registry as method_registry
 
 log = logging.getLogger("pipeline")
 
@@ -60,39 +62,10 @@ class Stage:
 
 # ---------------------------------------------------------------------------------------- ingest
 
-def demo_root(cfg: Config) -> Path:
-    """Where a generated dataset lives: dataset.root, else <work_dir>/demo-data (or synthetic-data)."""
-    if cfg.dataset.root:
-        return Path(cfg.dataset.root)
-    return Path(cfg.work_dir) / ("synthetic-data" if cfg.dataset.format == "synthetic" else "demo-data")
-
-
 def load_dataset(cfg: Config, progress: bool = False) -> datasets.Dataset:
-    """Read the configured dataset (generating the demo videos first for ``format: demo``)."""
-    d = cfg.dataset
-    if d.format == "demo":
-        from pipeline.demo_data import generate_demo
-
-        root = generate_demo(demo_root(cfg), seed=d.demo_seed, progress=progress)
-        return datasets.read_generic_csv(root / "labels.csv", root / "class_names.txt")
-    if d.format == "synthetic":
-        from pipeline.synthetic_data import generate_synthetic
-
-        root = generate_synthetic(demo_root(cfg), d.synthetic, progress=progress)
-        return datasets.read_generic_csv(root / "labels.csv", root / "class_names.txt")
-    if d.root is None:
-        raise UserError(f"dataset.root is required for dataset.format={d.format}: set it in the config "
-                        f"or with --set dataset.root=PATH")
-    root = Path(d.root)
-    if d.format in ("videolt", "minikinetics") and not root.is_dir():
-        raise UserError(f"dataset.root: {root} is not a folder with the {d.format} label lists")
-    if d.format == "videolt":
-        return datasets.read_videolt(root, d.videos)
-    if d.format == "minikinetics":
-        return datasets.read_minikinetics(root, d.videos)
-    if d.format == "kinetics_csv":
-        return datasets.read_kinetics_csv(root, d.class_names, d.videos)
-    return datasets.read_generic_csv(root, d.class_names)
+    """Read the configured dataset with its format's reader (pipeline/formats.py; the demo's videos are
+    generated first)."""
+    return read_dataset(cfg, progress)
 
 
 def run_ingest(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
@@ -207,18 +180,22 @@ def run_extract_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: Run
 
 # ----------------------------------------------------------------------------------------- train
 
+def method_sections(cfg: Config) -> dict:
+    """The config sections a run reads (train/registry.py), by name: the method's own (move, medc), the
+    ones it reads too (MEDC on MOVE's aggregators reads move.*) and its head's (aggregators: move.*)."""
+    return {name: getattr(cfg, name) for name in method_registry.run_sections(cfg.train.method, cfg.train.head)}
+
+
 def method_train_config(cfg: Config):
-    """The train config a run uses: MEDC's own schedule (medc.epochs, lr, ...) replaces train's."""
-    return cfg.medc.schedule(cfg.train) if cfg.train.method == "medc" else cfg.train
+    """The train config a run uses: a method section's own schedule (medc.epochs, lr, ...) replaces train's."""
+    own = method_sections(cfg).get(cfg.train.method)
+    return own.schedule(cfg.train) if hasattr(own, "schedule") else cfg.train
 
 
 def train_settings(cfg: Config) -> dict:
-    """The train config a run depends on, with the method's own section (move, medc) when it has one."""
+    """The train config a run depends on, with the sections it reads (move, medc) when it has any."""
     settings = {**method_train_config(cfg).model_dump(), "seed": cfg.seed}
-    if cfg.train.method == "move" or cfg.train.head == "aggregators":  # the aggregators head is sized by move.*
-        settings["move"] = cfg.move.model_dump()
-    if cfg.train.method == "medc":  # MEDC on MOVE's aggregators (medc.trunk=aggregators) reads move.* too
-        settings.update(medc=cfg.medc.model_dump(), move=cfg.move.model_dump())
+    settings.update({name: section.model_dump() for name, section in method_sections(cfg).items()})
     return settings
 
 
@@ -229,7 +206,7 @@ def run_train_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOp
     upstream = {name: sha256_file(work_dir / name / "manifest.json") for name in ("extract", "split")}
     identity = {"config_hash": config_hash(settings), "settings": settings, "upstream": config_hash(upstream)}
     summary, outputs = run_train(method_train_config(cfg), work_dir / "extract", work_dir / "split", stage_dir,
-                                 seed=cfg.seed, method_options={"move": cfg.move, "medc": cfg.medc}, identity=identity,
+                                 seed=cfg.seed, method_options=method_sections(cfg), identity=identity,
                                  resume=options.resume == "auto" and not options.force, progress=options.progress)
     return StageResult(outputs, summary)
 

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import torch
 
-from train import methods
-from train.config import MedcConfig, MoveConfig, TrainConfig
+from train import methods, registry
+from train.config import TrainConfig
 
 
 def bench_train(batch: int = 128, frames: int = 60, dim: int = 2048, classes: int = 1004, repeats: int = 3,
@@ -24,10 +24,10 @@ def bench_train(batch: int = 128, frames: int = 60, dim: int = 2048, classes: in
     y = torch.zeros(batch, classes, device=device)
     y[torch.arange(batch), torch.from_numpy(rng.integers(0, classes, batch))] = 1
     chosen = torch.full((batch,), -1, device=device)
-    options = {"move": MoveConfig(), "medc": MedcConfig()}
+    options = {name: model() for name, model in registry.section_models().items()}
     results = {}
     for name in method_names:
-        if name not in methods.RECIPES:
+        if name not in registry.METHODS:
             continue
         torch.manual_seed(seed)
         recipe = methods.build(name, TrainConfig(method=name, train_frames=frames), dim, classes, counts, options)

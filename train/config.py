@@ -11,9 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-METHODS = ("baseline", "focal", "ldam_drw", "eql", "cb_loss", "cbs", "srs", "mixup", "framestack", "move", "medc")
+from train import registry
+
 HEADS = ("lateavg", "aggregators")
-OWN_HEAD = ("move", "medc")  # methods whose model is not built from train.head
 
 
 class TrainConfig(BaseModel):
@@ -21,8 +21,9 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    method: str | list[str] = Field("baseline", description="a method, or a list run one after another; "
-                                    "a list entry `<method>+aggregators` trains that method on the aggregators head")
+    method: str | list[str] = Field("baseline", description=f"a method ({registry.names_message()}), or a list "
+                                    "run one after another; a list entry `<method>+aggregators` trains that method "
+                                    "on the aggregators head")
     head: Literal["lateavg", "aggregators"] = Field("lateavg", description="late-averaged MLP or PSA+NetVLAD")
     hidden: int = Field(2048, ge=1, description="hidden width of the classifier MLP")
     dropout: float = Field(0.5, ge=0, lt=1, description="dropout of the classifier MLP")
@@ -56,9 +57,10 @@ class TrainConfig(BaseModel):
             raise ValueError("give at least one method")
         for entry in value if isinstance(value, list) else [value]:
             method, plus, head = entry.partition("+")
-            if method not in METHODS or (plus and (head not in HEADS or method in OWN_HEAD)):
-                raise ValueError(f"unknown method {entry!r}; valid: {', '.join(METHODS)} (in a list also "
-                                 f"<method>+aggregators, except for {' and '.join(OWN_HEAD)})")
+            spec = registry.METHODS.get(method)
+            if spec is None or (plus and (head not in HEADS or spec.own_head)):
+                raise ValueError(f"unknown method {entry!r}; valid: {registry.names_message()} (in a list also "
+                                 f"<method>+aggregators, except for {' and '.join(registry.own_head_names())})")
             if plus and not isinstance(value, list):
                 raise ValueError(f"{entry!r}: set train.head={head} for a single method")
         return value

@@ -54,6 +54,7 @@ __all__ = [
     "ldam_margins",
     "LOSSES",
     "build",
+    "register_loss",
     "count_vector",
     "MultiLabelLoss",
     "BCELoss",
@@ -254,6 +255,16 @@ LOSSES = {
     "ldam_drw": LDAMDRWLoss,
     "eql": EQLLoss,
 }
+
+
+def register_loss(name: str):
+    """Class decorator: make a :class:`MultiLabelLoss` subclass buildable as ``name`` (a recipe's
+    ``loss_name``; its parameters are then set as ``train.loss.<name>.<parameter>``)."""
+    def add(cls):
+        LOSSES[name] = cls
+        return cls
+    return add
+
 
 # the reference repositories' --loss_func names
 _ALIASES = {"bceloss": "bce", "focalloss": "focal", "cbloss": "cb", "ldam": "ldam_drw", "ldam-drw": "ldam_drw"}

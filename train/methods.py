@@ -1,6 +1,7 @@
 """Methods as short recipes: a head, a loss, an optional re-sampler and batch augmentation.
 
-The training loop (``train.loop``) is the same for every method; it calls the hooks below.
+The training loop (``train.loop``) is the same for every method; it calls the hooks below. Methods
+are registered by name in train/registry.py (one entry each).
 Each recipe reproduces the settings of the published VideoLT / MOVE training scripts; where we depart
 from them, docs/decisions.md says so.
 """
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from evaluate.metrics import average_precision
-from train import augment, distributed, losses, models
+from train import augment, distributed, losses, models, registry
 from train.config import MoveConfig, TrainConfig
 
 
@@ -167,24 +168,8 @@ class FrameStack(Recipe):
         self.previous_ap = state.get("previous_ap")
 
 
-def _lazy_recipe(module: str, cls: str):
-    """A factory importing ``module.cls`` on first use (train.move / train.medc import this module)."""
-    def make(*args, **kwargs):
-        import importlib
-
-        return getattr(importlib.import_module(module), cls)(*args, **kwargs)
-    make.__qualname__ = make.__name__ = cls
-    return make
-
-
-RECIPES = {"baseline": Recipe, "focal": Focal, "ldam_drw": LdamDrw, "eql": Eql, "cb_loss": CbLoss,
-           "cbs": Cbs, "srs": Srs, "mixup": Mixup, "framestack": FrameStack,
-           "move": _lazy_recipe("train.move", "Move"), "medc": _lazy_recipe("train.medc", "Medc")}
-
-
 def build(name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts,
           options: dict | None = None) -> Recipe:
-    """The recipe of method ``name``; ``options`` maps a method to its config section (move, medc)."""
-    if name not in RECIPES:
-        raise ValueError(f"unknown method {name!r}; valid: {', '.join(RECIPES)}")
-    return RECIPES[name](name, cfg, in_dim, num_classes, class_counts, options)
+    """The recipe of method ``name`` (train/registry.py); ``options`` maps a method's section name to
+    its config (move, medc)."""
+    return registry.recipe_class(name)(name, cfg, in_dim, num_classes, class_counts, options)

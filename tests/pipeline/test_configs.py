@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_config
-from train.config import METHODS
+from train.registry import METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(ROOT.glob("configs/*.yaml")) + sorted(ROOT.glob("pipeline/configs/*.yaml"))
