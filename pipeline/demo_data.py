@@ -427,40 +427,60 @@ def _render(video: dict, spec: DemoSpec, rng: np.random.Generator) -> tuple[np.n
     T, size, D = spec.frames, spec.size, spec.distractor_frames
     M = T - D
     n_before = int(rng.integers(0, D + 1))
-    n_after = D - n_before
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     xx += 0.5
     yy += 0.5
-    n_dir = len(spec.directions)
     labels = video["labels"]
-    multi = len(labels) > 1
-
     motion = _background(rng, M, size, yy, xx, saturation=25.0)
-    objects = []
-    radius_scale = 0.8 if multi else 1.0
+    specs = _object_specs(labels, len(spec.directions), size, rng)
+    paths = _object_paths(specs, spec, size, M, rng)
+    objects = _draw_objects(motion, yy, xx, specs, paths, spec)
+    before, after = (_distractor_segment(n, rng, size, yy, xx) for n in (n_before, D - n_before))
+    pieces = [p for p in (before, motion, after) if p is not None]
+    pixels = np.clip(np.concatenate(pieces, axis=0), 0, 255).round().astype(np.uint8)
+    annotation = {
+        "video_id": video["video_id"], "split": video["split"], "labels": [int(x) for x in labels],
+        "primary": int(labels[0]), "motion_frames": [n_before, n_before + M], "objects": objects,
+    }
+    return pixels, annotation
+
+
+def _object_specs(labels: list, n_dir: int, size: int, rng: np.random.Generator) -> list:
+    """(label, object, direction, radius, rotation) per label; objects are smaller in multi-label videos."""
+    radius_scale = 0.8 if len(labels) > 1 else 1.0
     specs = []
     for label in labels:
         obj, d = divmod(label, n_dir)
         radius = float(rng.uniform(0.15, 0.2) * size * radius_scale)
         rotation = float(rng.uniform(-0.35, 0.35))
         specs.append((label, obj, d, radius, rotation))
+    return specs
+
+
+def _object_paths(specs: list, spec: DemoSpec, size: int, frames: int, rng: np.random.Generator) -> list:
+    """(cx, cy, start, stop) per object; a second object is kept off the first one's path where possible."""
     paths = []
-    for j, (label, obj, d, radius, rotation) in enumerate(specs):
+    for j, (_label, _obj, d, radius, _rotation) in enumerate(specs):
         margin = 1.2 * radius + 1.0
         direction = DIRECTIONS[spec.directions[d]]
         best = None
         for _attempt in range(12):
-            cand = _path(rng, direction, size, margin, M)
+            cand = _path(rng, direction, size, margin, frames)
             if j == 0:
                 best = cand
                 break
-            # keep the second object off the first one's path where possible
             gap = np.min(np.hypot(cand[0] - paths[0][0], cand[1] - paths[0][1]))
             if best is None or gap > best[-1]:
                 best = (*cand, gap)
             if gap > 1.1 * (margin + 1.2 * specs[0][3]):
                 break
         paths.append(best[:4])
+    return paths
+
+
+def _draw_objects(motion: np.ndarray, yy, xx, specs: list, paths: list, spec: DemoSpec) -> list:
+    """Composite every object onto the motion frames (in place); returns their annotations."""
+    objects = []
     for (label, obj, d, radius, rotation), (cx, cy, start, stop) in zip(specs, paths):
         colour_name, shape = _object(obj)
         _composite(motion, yy, xx, cx, cy, radius, rotation, shape, obj, d, COLOURS[colour_name])
@@ -470,22 +490,16 @@ def _render(video: dict, spec: DemoSpec, rng: np.random.Generator) -> tuple[np.n
             "radius": round(radius, 3),
             "start_xy": [round(float(p), 3) for p in start], "stop_xy": [round(float(p), 3) for p in stop],
         })
+    return objects
 
-    parts = []
-    for n in (n_before, n_after):
-        if n == 0:
-            parts.append(None)
-            continue
-        seg = np.array(_background(rng, n, size, yy, xx, saturation=60.0))
-        _clutter(seg, rng, yy, xx, size)
-        parts.append(seg)
-    pieces = [p for p in (parts[0], motion, parts[1]) if p is not None]
-    pixels = np.clip(np.concatenate(pieces, axis=0), 0, 255).round().astype(np.uint8)
-    annotation = {
-        "video_id": video["video_id"], "split": video["split"], "labels": [int(x) for x in labels],
-        "primary": int(labels[0]), "motion_frames": [n_before, n_before + M], "objects": objects,
-    }
-    return pixels, annotation
+
+def _distractor_segment(n: int, rng: np.random.Generator, size: int, yy, xx):
+    """``n`` cluttered background frames without any object (None when n is 0)."""
+    if n == 0:
+        return None
+    seg = np.array(_background(rng, n, size, yy, xx, saturation=60.0))
+    _clutter(seg, rng, yy, xx, size)
+    return seg
 
 
 def _encode(path: Path, pixels: np.ndarray, fps: int) -> None:
