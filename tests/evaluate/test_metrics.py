@@ -17,7 +17,11 @@ from evaluate.metrics import average_precision, compute, top_k_hits
 
 
 def ref_ap(scores, targets) -> np.ndarray:
-    """Section 2.2 per class: stable descending torch.sort, cumsum, precision at positives."""
+    """Section 2.2 per class: stable descending torch.sort, cumsum, precision at positives.
+
+    The precisions at the positives are added one after another in rank order (the order the
+    product documents), so the product must match this bit for bit.
+    """
     x = torch.as_tensor(np.asarray(scores))
     t = torch.as_tensor(np.asarray(targets), dtype=torch.float64)
     n, c = x.shape
@@ -26,7 +30,10 @@ def ref_ap(scores, targets) -> np.ndarray:
         order = torch.sort(x[:, k], descending=True, stable=True).indices
         truth = t[order, k]
         precision = torch.cumsum(truth, 0) / torch.arange(1, n + 1, dtype=torch.float64)
-        ap[k] = float(precision[truth == 1].sum()) / max(float(truth.sum()), 1.0)
+        total = 0.0
+        for p in precision[truth == 1].tolist():
+            total += p
+        ap[k] = total / max(float(truth.sum()), 1.0)
     return ap
 
 
@@ -247,7 +254,9 @@ def test_matches_restatement(name):
     counts = rng.choice([40, 100, 101, 500, 501, 900], scores.shape[1])
     before = (scores.copy(), targets.copy())
     want = ref_compute(scores, targets, counts)
-    assert_same(compute(scores, targets, counts), want)
+    got = compute(scores, targets, counts)
+    assert_same(got, want)
+    np.testing.assert_array_equal(got["per_class_ap"], want["per_class_ap"])  # bit for bit
     np.testing.assert_array_equal(scores, before[0])  # inputs are never modified
     np.testing.assert_array_equal(targets, before[1])
     np.testing.assert_array_equal(top_k_hits(scores, targets, 1), ref_hits(scores, targets, 1))
@@ -272,6 +281,72 @@ def test_small_chunks_give_same_result(name, monkeypatch):
     scores, targets = CASES[name]
     counts = np.full(scores.shape[1], 300)
     assert_same(compute(scores, targets, counts), ref_compute(scores, targets, counts))
+
+
+# Every way the product can rank a positive (forced one at a time; they differ in speed only).
+RANKING_WAYS = {
+    "chosen_by_cost": {},
+    "counting": {"_counting_pays": lambda npos, n: True},
+    "sort_few_tied_values": {"_counting_pays": lambda npos, n: False},
+    "sort_many_tied_values": {"_counting_pays": lambda npos, n: False, "_FEW_TIE_VALUES": 0},
+    "one_thread_small_tiles": {"_workers": lambda: 1, "_TILE_ROWS": 7, "_BLOCK_COLUMNS": 3},
+    "three_threads_one_column_blocks": {"_workers": lambda: 3, "_BLOCK_COLUMNS": 1},
+}
+
+
+def _stable_ranks(scores, targets):
+    """(class, row, rank) of every positive: position in a stable descending argsort of the column."""
+    out = []
+    for k in range(scores.shape[1]):
+        position = np.empty(len(scores), np.int64)
+        position[np.argsort(-scores[:, k], kind="stable")] = np.arange(1, len(scores) + 1)
+        out += [(k, r, position[r]) for r in np.flatnonzero(targets[:, k])]
+    return out
+
+
+def _tie_heavy_case(rng, n, c, dtype):
+    """Scores with few distinct values (and -0.0 / +0.0), per-class positive rates from none to all."""
+    scores = np.round(rng.normal(0, 1, (n, c)), 1).astype(dtype)
+    scores[rng.random((n, c)) < 0.2] = 0.0
+    scores[rng.random((n, c)) < 0.2] = -0.0
+    scores[:, 4] = 0.5  # one value for the whole column
+    scores[:, 5] = np.round(rng.random(n), 3)  # many distinct tied values
+    rate = rng.choice([0.0, 0.002, 0.02, 0.3, 0.9, 1.0], c)
+    rate[:4] = [0.0, 1.0, 0.0, 1.0]  # classes without positives and all-positive classes
+    targets = (rng.random((n, c)) < rate).astype(np.uint8)
+    targets[:, 0] = targets[:, 2] = 0
+    targets[:, 1] = targets[:, 3] = 1
+    return scores, targets
+
+
+@pytest.mark.parametrize("way", sorted(RANKING_WAYS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_ranking_way_equals_the_stable_sort_bit_for_bit(way, dtype, monkeypatch):
+    for name, value in RANKING_WAYS[way].items():
+        monkeypatch.setattr(metrics, name, value)
+    rng = np.random.default_rng(2024)
+    scores, targets = _tie_heavy_case(rng, 700, 24, dtype)
+    x, _, rows, cls = metrics._validate(scores, targets)
+    by_class = np.argsort(cls, kind="stable")
+    rows, cls = rows[by_class], cls[by_class]
+    ranks = metrics._positive_ranks(x, rows, cls, np.bincount(cls, minlength=x.shape[1]))
+    assert list(zip(cls.tolist(), rows.tolist(), ranks.tolist())) == _stable_ranks(scores, targets)
+    ap = average_precision(scores, targets)
+    np.testing.assert_array_equal(ap, ref_ap(scores, targets))
+    assert ap[0] == ap[2] == 0.0 and ap[1] == ap[3] == 1.0  # no positives: 0; every video positive: 1
+    # REFERENCE.md section 9: precisions 1, 2/3, 3/5 at the positives -> AP 0.7556; no positive -> 0.
+    toy = np.array([[0.9], [0.8], [0.7], [0.6], [0.5]], dtype)
+    fixture = average_precision(np.hstack([toy, toy]), [[1, 0], [0, 0], [1, 0], [0, 0], [1, 0]])
+    assert fixture[0] == pytest.approx(0.7556, abs=5e-5) and fixture[1] == 0.0
+    assert fixture[0] == (1 + 2 / 3 + 3 / 5) / 3
+
+
+@pytest.mark.parametrize("way", ["counting", "sort_few_tied_values", "sort_many_tied_values"])
+def test_ranking_ways_on_the_restatement_cases(way, monkeypatch):
+    for name, value in RANKING_WAYS[way].items():
+        monkeypatch.setattr(metrics, name, value)
+    for scores, targets in CASES.values():
+        np.testing.assert_array_equal(average_precision(scores, targets), ref_ap(scores, targets))
 
 
 def test_torch_input_and_logits_equal_probabilities():
