@@ -209,7 +209,8 @@ def _describe(error: dict) -> str:
         valid = ", ".join(model.model_fields) if model else "?"
         return f"unknown key {key!r}; valid keys here: {valid}"
     given = error.get("input")
-    return f"{key}: {error['msg']} (got {given!r})"
+    message = error["msg"].removeprefix("Value error, ")  # our validators' own messages need no prefix
+    return f"{key}: {message} (got {given!r})"
 
 
 def _model_at(loc: list):

@@ -161,8 +161,8 @@ CONFIG_CASES = {
                    ["train.epochs: Input should be a valid integer", "(got 'many')"]),
     "wrong type in a file": (["config", "--config", "{typed_yaml}"], ["train.lr: Input should be a valid number"]),
     "value not allowed": (["config", "--set", "extract.backbone=vgg"],
-                          ["extract.backbone: Input should be 'efficientnet_lite0', 'resnet50', 'resnet101' or "
-                           "'tsm_r50' (got 'vgg')"]),
+                          ["extract.backbone: unknown backbone 'vgg'; use one of efficientnet_lite0, resnet50, "
+                           "resnet101, tsm_r50, or timm/<any timm model name>", "(got 'vgg')"]),
     "out of range": (["config", "--set", "split.imbalance=2"], ["split.imbalance: Input should be less than or equal to 1"]),
     "section given a value": (["config", "--set", "train=3"], ["train: Input should be a valid dictionary"]),
     "missing dataset.root": (["run", "--stage", "ingest", "--set", "dataset.format=videolt", "--work-dir", "{work}"],

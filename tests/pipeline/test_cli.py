@@ -218,7 +218,7 @@ def test_demo_data_command(tmp_path):
 def test_union_errors_name_the_key_without_internal_branch_names(capsys):
     assert run("config", "--set", "train.method=[baseline,foo]") == 2
     err = capsys.readouterr().err
-    assert "train.method: Value error, unknown method 'foo'; valid: baseline, focal" in err and "literal[" not in err
+    assert "train.method: unknown method 'foo'; valid: baseline, focal" in err and "literal[" not in err
     assert len(err.strip().splitlines()) == 2
 
 
