@@ -10,10 +10,15 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import functools
+import io
+import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+HEADER_PROBE = 4096  # bytes read to find an .npy header (numpy pads headers to 64 bytes; 128 is usual)
 
 
 @dataclasses.dataclass
@@ -34,21 +39,64 @@ class NpyPlan:
     unused_files: int
 
 
+@functools.lru_cache(maxsize=1024)
+def _parse_header(raw: bytes) -> tuple:
+    """``(shape, fortran_order, dtype)`` of a raw .npy header (magic to the end of the header dict).
+
+    Cached: numpy parses the header dict with ``ast.literal_eval`` (~100 us), and a set of released
+    features has only a few distinct headers (one per frame count).
+    """
+    handle = io.BytesIO(raw)
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(handle)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(handle)
+    raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
+
+
+def _header(head: bytes, path: Path) -> tuple:
+    """``(shape, dtype, Fortran order, data offset)`` from the first bytes of an .npy file."""
+    if len(head) < 10 or head[:6] != b"\x93NUMPY":
+        raise ValueError("not an .npy file (no NUMPY magic)")
+    size = 10 + int.from_bytes(head[8:10], "little") if head[6] == 1 else 12 + int.from_bytes(head[8:12], "little")
+    if len(head) < size:
+        with open(path, "rb") as handle:
+            head = handle.read(size)
+    shape, fortran, dtype = _parse_header(bytes(head[:size]))
+    if dtype.hasobject:
+        raise ValueError("the array holds Python objects (pickle), which is refused")
+    return tuple(shape), dtype, bool(fortran), size
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """The array of an .npy file, read with one ``read`` (never unpickles; a short file is refused)."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    shape, dtype, fortran, offset = _header(data, path)
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(data) - offset < count * dtype.itemsize:
+        raise ValueError(f"file truncated ({len(data) - offset} of {count * dtype.itemsize} data bytes)")
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+
+
 def prepare_npy(cfg, todo: list, stage_dir: Path) -> NpyPlan:
+    """Check every listed file's header (present, readable, 2-D, float, the common dim) without
+    reading its data; problems become per-file failures."""
     d = Path(cfg.npy_dir)
     items = []
     for vid, _ in todo:
         f = d / f"{vid}.npy"
         it = _Item(vid, f)
-        if not f.is_file():
+        try:
+            with open(f, "rb") as handle:
+                shape, dtype, _, _ = _header(handle.read(HEADER_PROBE), f)
+            it.shape, it.dtype = shape, str(dtype)
+        except (FileNotFoundError, IsADirectoryError):
             it.problem = f"missing file {f}"
-        else:
-            try:
-                a = np.load(f, mmap_mode="r", allow_pickle=False)
-                it.shape, it.dtype = tuple(a.shape), str(a.dtype)
-                del a
-            except Exception as e:
-                it.problem = f"unreadable .npy ({type(e).__name__}: {str(e)[:150]})"
+        except Exception as e:
+            it.problem = f"unreadable .npy ({type(e).__name__}: {str(e)[:150]})"
         if it.problem is None:
             if len(it.shape) != 2:
                 it.problem = f"array of shape {it.shape}; expected 2-D (frames, dim)"
@@ -64,7 +112,8 @@ def prepare_npy(cfg, todo: list, stage_dir: Path) -> NpyPlan:
             why = "extract.npy_dim" if cfg.npy_dim else "most files"
             it.problem = f"feature dim {it.shape[1]} differs from {dim} ({why})"
     wanted = {f"{vid}.npy" for vid, _ in todo}
-    unused = sum(1 for p in d.glob("*.npy") if p.name not in wanted)
+    with os.scandir(d) as entries:  # names only: no Path object per file
+        unused = sum(1 for e in entries if e.name.endswith(".npy") and e.name not in wanted)
     return NpyPlan(items, dim, stage_dir / "npy_report.csv", d, unused)
 
 
@@ -76,11 +125,12 @@ def run_npy(plan: NpyPlan, sink, stop) -> None:
         status, problem, notes = "failed", it.problem, []
         if problem is None:
             try:
-                a = np.load(it.file, allow_pickle=False)
+                a = load_npy(it.file)
             except Exception as e:
                 a, problem = None, f"unreadable .npy ({type(e).__name__}: {str(e)[:150]})"
             if a is not None:
-                bad_nan, bad_inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+                finite = bool(np.isfinite(a).all())  # one pass; NaN and Inf are counted only when there are any
+                bad_nan, bad_inf = (0, 0) if finite else (int(np.isnan(a).sum()), int(np.isinf(a).sum()))
                 if bad_nan or bad_inf:
                     problem = f"contains {bad_nan} NaN and {bad_inf} Inf values (not stored)"
                 else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -74,6 +75,86 @@ def methods_section(previous: str) -> str:
     return previous[start:].strip() if start >= 0 else METHODS_NOTE
 
 
+def _machine_text(m: dict) -> str:
+    return f"{m.get('cpu', '?')}, {m.get('logical_cpus', '?')} logical CPUs ({m.get('usable_cpus', '?')} usable)"
+
+
+def evaluate_section(runs) -> str:
+    """The ``bench evaluate`` section for one result of :func:`run_benchmark` or a list of them
+    (one table row per run, each with its torch threads and the machine load it ran under)."""
+    runs = [runs] if isinstance(runs, dict) else list(runs)
+    machines = sorted({_machine_text(x["machine"]) for x in runs if "machine" in x})
+    rows = [[f"{x['product_s_min']:.3f} / {x['product_s_median']:.3f}",
+             f"{x['loop_s_min']:.3f} / {x['loop_s_median']:.3f}", f"**{x['speedup']:.1f}x**",
+             f"{x['speedup_of_minima']:.1f}x" if "speedup_of_minima" in x else "", f"{x['max_abs_diff']:.1e}",
+             x.get("machine", {}).get("torch_threads", ""),
+             "{} -> {}".format(x["machine"].get("load_avg_1m"), x["machine"].get("load_avg_1m_after"))
+             if "machine" in x else ""] for x in runs]
+    return ("## bench evaluate\n\n`python -m pipeline bench evaluate`: N = {n} videos x C = {c} classes, random "
+            "float32 scores, VideoLT-like sparse multi-label targets. Product: `evaluate.metrics.compute` (AP of "
+            "every class, group means, Acc@1/5). Reference: a per-class loop sorting each column "
+            "(the reference APMeter), AP only. The two are timed alternately, 3 times each.\n\n".format(**runs[0])
+            + ("Machine: " + "; ".join(machines) + ", shared with other processes: the load (1-minute average "
+               "before -> after the run) comes with every ratio. Torch threads: the product ranks blocks of columns "
+               "on that many threads and the loop's torch calls use them too (`OMP_NUM_THREADS=1` compares one "
+               "core with one core). At high load the loop's many small multi-threaded torch calls slow down far "
+               "more than the product, which inflates the ratio; the one-thread rows are the steadier "
+               "comparison.\n\n" if machines else "")
+            + _table(["product s (min / median)", "per-class loop s (min / median)", "speed-up (medians)",
+                      "speed-up (minima)", "max abs diff", "torch threads", "load"], rows)
+            + "\n\nTarget: >= 5x, <= 1e-6. The ranks of the positives are identical; the difference is the "
+            "order of the float64 additions (the loop's `torch.sum` against the product's rank-order sum, which "
+            "equals a per-class stable-sort computation bit for bit: tests/evaluate/test_metrics.py).")
+
+
+def _section_span(text: str, heading: str):
+    """``(start, end)`` of the ``## `` section ``heading`` of ``text`` (up to the next ``## `` heading), or None."""
+    match = re.search(rf"^{re.escape(heading)}[ \t]*$", text, flags=re.MULTILINE)
+    if match is None:
+        return None
+    end = text.find("\n## ", match.end())
+    return match.start(), len(text) if end < 0 else end + 1
+
+
+def kept_sections(previous: str) -> str:
+    """What `bench all` keeps of an earlier report: the Scale section (measured by `bench scale`,
+    which takes an hour) when there is one, then the long-tailed methods section."""
+    from pipeline.scale_bench import SCALE_HEADING
+
+    span = _section_span(previous, SCALE_HEADING)
+    scale = previous[span[0]:span[1]].strip() + "\n\n" if span else ""
+    return scale + methods_section(previous)
+
+
+def with_scale_section(previous: str, section: str) -> str:
+    """``previous`` (the report) with its Scale section replaced by ``section`` (a ``### Notes``
+    subsection of the old one is kept), or inserted before the methods section."""
+    from pipeline.scale_bench import SCALE_HEADING
+
+    if not previous.strip():
+        return render({}, section.strip() + "\n\n" + METHODS_NOTE)
+    span = _section_span(previous, SCALE_HEADING)
+    if span is not None:
+        old = previous[span[0]:span[1]]
+        notes = old.find("\n### Notes")
+        section = section.strip() + ("\n\n" + old[notes:].strip() if notes >= 0 else "")
+        return previous[:span[0]] + section + "\n\n" + previous[span[1]:].lstrip("\n")
+    methods = _section_span(previous, METHODS_HEADING)
+    at = methods[0] if methods else len(previous)
+    return previous[:at].rstrip("\n") + "\n\n" + section.strip() + "\n\n" + previous[at:].lstrip("\n")
+
+
+def scale_report(out: Path, sizes=None, scale_dir: str | None = None) -> dict:
+    """`bench scale`: measure (see :mod:`pipeline.scale_bench`) and rewrite the Scale section of ``out``."""
+    from manifests.files import write_text_atomic
+    from pipeline.scale_bench import DEFAULT_SIZES, bench_scale, render_scale
+
+    result = bench_scale(sizes or DEFAULT_SIZES, root=scale_dir, probe={})
+    previous = out.read_text(encoding="utf-8") if out.is_file() else ""
+    write_text_atomic(out, with_scale_section(previous, render_scale(result)))
+    return result
+
+
 def render(results: dict, methods: str = METHODS_NOTE) -> str:
     """docs/benchmarks.md for the results of :func:`run_benchmark` (any subset of benchmarks)."""
     parts = [f"# Benchmarks\n\nWritten by `python -m pipeline bench all` on {date.today().isoformat()} "
@@ -81,17 +162,7 @@ def render(results: dict, methods: str = METHODS_NOTE) -> str:
              "noted, so absolute times are noisy). Every benchmark measures ratios inside one run, "
              "repeats each measurement and reports min and median. Tests never assert timings."]
     if "evaluate" in results:
-        r = results["evaluate"]
-        parts.append(
-            "## bench evaluate\n\n`python -m pipeline bench evaluate`: N = {n} videos x C = {c} classes, random "
-            "float32 scores, VideoLT-like sparse multi-label targets. Product: `evaluate.metrics.compute` (AP of "
-            "every class, group means, Acc@1/5). Reference: a per-class loop sorting each column "
-            "(the reference APMeter), AP only.\n\n".format(**r)
-            + _table(["product s (min / median)", "per-class loop s (min / median)", "speed-up", "max abs diff"],
-                     [[f"{r['product_s_min']:.3f} / {r['product_s_median']:.3f}",
-                       f"{r['loop_s_min']:.3f} / {r['loop_s_median']:.3f}", f"**{r['speedup']:.1f}x**",
-                       f"{r['max_abs_diff']:.1e}"]])
-            + "\n\nTarget: >= 5x, <= 1e-6.")
+        parts.append(evaluate_section(results["evaluate"]))
     if "store" in results:
         r = results["store"]
         b = r["batches_per_s"]

@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "of >= 3 repeats; one JSON line at the end.")
     bench.add_argument("what", choices=BENCHMARKS, help="which benchmark; all runs every one but scale and rewrites "
                                                         "--out; scale rewrites the Scale section of --out")
-    bench.add_argument("--out", default="docs/benchmarks.md", metavar="FILE",
-                       help="where `bench all` writes its report (default docs/benchmarks.md)")
+    bench.add_argument("--out", default=None, metavar="FILE",
+                       help="all/scale: the markdown report to rewrite, keeping its measured sections (e.g. "
+                            "docs/benchmarks.md of a checkout); without it the report goes to stdout")
     bench.add_argument("--sizes", type=_sizes, default=None, metavar="N[,N...]",
                        help="scale: training-set sizes (default 10000,50000,179334: VideoLT's)")
     bench.add_argument("--scale-dir", metavar="DIR", help="scale: where the data sets go (default: a temporary "
@@ -267,12 +268,10 @@ def cmd_bench(args) -> int:
     import json
 
     from manifests.files import write_text_atomic
-    from pipeline.benchmarks import kept_sections, render, run_benchmark, scale_report
+    from pipeline.benchmarks import kept_sections, render, run_benchmark
 
     if args.what == "scale":
-        print(json.dumps(scale_report(Path(args.out), args.sizes, args.scale_dir)), flush=True)
-        log.info("Scale section written to %s", args.out)
-        return 0
+        return _bench_scale(args)
     names = IN_BENCH_ALL if args.what == "all" else (args.what,)
     results = {}
     for name in names:
@@ -280,10 +279,30 @@ def cmd_bench(args) -> int:
         results[name] = run_benchmark(name)
         print(json.dumps(results[name]), flush=True)
     if args.what == "all":
+        if args.out is None:
+            print(render(results), end="")
+            return 0
         out = Path(args.out)
         previous = out.read_text(encoding="utf-8") if out.is_file() else ""
         write_text_atomic(out, render(results, kept_sections(previous)))  # measured tables are kept
-        log.info("benchmark report written to %s", args.out)
+        log.info("benchmark report written to %s", out)
+    return 0
+
+
+def _bench_scale(args) -> int:
+    """`bench scale`: one JSON line, then the Scale section into --out (or on stdout)."""
+    import json
+
+    from pipeline.benchmarks import scale_report
+    from pipeline.scale_bench import DEFAULT_SIZES, bench_scale, render_scale
+
+    if args.out is None:
+        result = bench_scale(args.sizes or DEFAULT_SIZES, root=args.scale_dir, probe={})
+        print(json.dumps(result), flush=True)
+        print(render_scale(result))
+        return 0
+    print(json.dumps(scale_report(Path(args.out), args.sizes, args.scale_dir)), flush=True)
+    log.info("Scale section written to %s", args.out)
     return 0
 
 

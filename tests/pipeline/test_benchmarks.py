@@ -31,3 +31,44 @@ def test_rewriting_the_report_keeps_the_measured_methods_section():
     text = render({}, kept)
     assert text.endswith("| baseline | 0.425 |\n") and "old numbers" not in text
     assert methods_section("# Benchmarks\n") == METHODS_NOTE
+
+
+def test_evaluate_section_states_machine_and_load_with_every_run():
+    from pipeline.benchmarks import evaluate_section
+
+    runs = [bench_evaluate(n=200, c=8, repeats=3, seed=s) for s in (0, 1)]
+    for run in runs:
+        m = run["machine"]
+        assert m["cpu"] and m["logical_cpus"] >= 1 and m["usable_cpus"] >= 1 and m["torch_threads"] >= 1
+        assert "load_avg_1m" in m and "load_avg_1m_after" in m
+    text = evaluate_section(runs)
+    assert text.startswith("## bench evaluate") and f"Machine: {runs[0]['machine']['cpu']}" in text
+    for run in runs:
+        assert f"**{run['speedup']:.1f}x**" in text
+        assert f"{run['machine']['load_avg_1m']} -> {run['machine']['load_avg_1m_after']}" in text
+    assert evaluate_section(runs[0]).count("\n| ") == 3  # header, separator, one run
+
+
+def test_bench_all_writes_only_where_it_is_told(tmp_path, monkeypatch, capsys):
+    """Without --out the report goes to stdout (nothing lands in the current directory's docs/);
+    with --out it rewrites that file and keeps its measured methods section."""
+    import pipeline.benchmarks
+    import pipeline.cli
+    from pipeline.cli import main
+
+    demo = {"first_run_s": 61.0, "cached_run_s": 3.0, "stages_s": {"ingest": 5.0}}
+    monkeypatch.setattr(pipeline.cli, "IN_BENCH_ALL", ("demo",))
+    monkeypatch.setattr(pipeline.benchmarks, "run_benchmark", lambda name: demo)
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "bench", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "## end-to-end demo" in out and "**61.0 s**" in out
+    assert list(tmp_path.iterdir()) == []
+
+    report = tmp_path / "elsewhere" / "bench.md"
+    report.parent.mkdir()
+    report.write_text("# Benchmarks\n\n## Long-tailed methods\n\n| baseline | 0.425 |\n", encoding="utf-8")
+    assert main(["-q", "bench", "all", "--out", str(report)]) == 0
+    text = report.read_text(encoding="utf-8")
+    assert "**61.0 s**" in text and text.rstrip().endswith("| baseline | 0.425 |")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere"]
