@@ -17,6 +17,8 @@ from datetime import date
 from importlib import import_module
 from pathlib import Path
 
+from pipeline.markdown import markdown_table
+
 BENCHMARKS = {"evaluate": ("evaluate.bench", "bench_evaluate"), "store": ("extract.bench", "bench_store"),
               "extract": ("extract.bench", "bench_extract"), "train": ("train.bench", "bench_train")}
 
@@ -52,14 +54,6 @@ def _stage_order(location: str) -> tuple:
 
     stage, _, run = location.partition("/")
     return (ORDER.index(stage) if stage in ORDER else len(ORDER), run)
-
-
-def _row(cells) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
-def _table(header, rows) -> str:
-    return "\n".join([_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)])
 
 
 METHODS_HEADING = "## Long-tailed methods"
@@ -100,7 +94,7 @@ def evaluate_section(runs) -> str:
                "core with one core). At high load the loop's many small multi-threaded torch calls slow down far "
                "more than the product, which inflates the ratio; the one-thread rows are the steadier "
                "comparison.\n\n" if machines else "")
-            + _table(["product s (min / median)", "per-class loop s (min / median)", "speed-up (medians)",
+            + markdown_table(["product s (min / median)", "per-class loop s (min / median)", "speed-up (medians)",
                       "speed-up (minima)", "max abs diff", "torch threads", "load"], rows)
             + "\n\nTarget: >= 5x, <= 1e-6. The ranks of the positives are identical; the difference is the "
             "order of the float64 additions (the loop's `torch.sum` against the product's rank-order sum, which "
@@ -171,7 +165,7 @@ def render(results: dict, methods: str = METHODS_NOTE) -> str:
             f"{r['dim']}, batches of {r['batch']} (videos x sorted random frames); the HDF5 shard store against one "
             "float32 `.npy` per video loaded with `np.load` (the reference layout). Cold = page cache dropped "
             "before each pass.\n\n"
-            + _table(["", "store batches/s", ".npy batches/s", "speed-up"],
+            + markdown_table(["", "store batches/s", ".npy batches/s", "speed-up"],
                      [["warm", b["store_warm"], b["npy_warm"], f"**{r['speedup_warm']:.2f}x**"],
                       ["cold", b["store_cold"], b["npy_cold"], f"**{r['speedup_cold']:.2f}x**"]])
             + f"\n\nDisk size: **{r['disk_ratio']:.2f}x** the `.npy` layout. Targets: >= 2x reads at <= 0.55x size.")
@@ -181,7 +175,7 @@ def render(results: dict, methods: str = METHODS_NOTE) -> str:
             f"## bench extract\n\n`python -m pipeline bench extract`: {r['videos']} videos ({r['video']}), "
             f"{r['frames_per_video']} frames each, resize {r['resize']} / crop {r['crop']}, {r['backbone']} on "
             f"{r['device']}. The JPEG route is the reference's ({r['jpeg_route_tool']}).\n\n"
-            + _table(["", "median s", "frames/s"],
+            + markdown_table(["", "median s", "frames/s"],
                      [["decode only", r["decode_s"]["median"], r["decode_fps"]],
                       ["model only", r["model_s"]["median"], r["model_fps"]],
                       ["whole stage", r["pipeline_s"]["median"], r["pipeline_fps"]],
@@ -201,7 +195,7 @@ def render(results: dict, methods: str = METHODS_NOTE) -> str:
             f"## bench train\n\n`python -m pipeline bench train`: one training step (forward, loss, backward, "
             f"Adam) on a fixed synthetic batch B={r['batch']}, T={r['frames']}, D={r['dim']}, C={r['classes']} "
             f"on {r['device']}.\n\n"
-            + _table(["method", "step s (min)", "step s (median)", "samples/s", "parameters"], rows)
+            + markdown_table(["method", "step s (min)", "step s (median)", "samples/s", "parameters"], rows)
             + "\n\nBuilding one such batch from the feature store: "
             + ", ".join(f"{k} {v['batch_s_median']:.4f} s" for k, v in loading["caches"].items())
             + "; a baseline step takes "
@@ -212,6 +206,6 @@ def render(results: dict, methods: str = METHODS_NOTE) -> str:
         parts.append(
             "## end-to-end demo\n\n`python -m pipeline run` (the demo) from an empty work directory: "
             f"**{r['first_run_s']} s**; run again (every stage cached): **{r['cached_run_s']} s**.\n\n"
-            + _table(["stage", "seconds"], [[k, r["stages_s"][k]] for k in sorted(r["stages_s"], key=_stage_order)]))
+            + markdown_table(["stage", "seconds"], [[k, r["stages_s"][k]] for k in sorted(r["stages_s"], key=_stage_order)]))
     parts.append(methods)
     return "\n\n".join(parts) + "\n"

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.markdown import markdown_table
+
 # VideoLT (Zhang et al., ICCV 2021): videos per split, classes, train imbalance, multi-label share.
 VIDEOLT = {"train": 179_334, "val": 25_619, "test": 51_239, "classes": 1004, "imbalance": 43.0,
            "multi_label_share": 0.08}
@@ -239,25 +241,21 @@ def _cells(runs: list, stage: str, key: str, fmt: str) -> list:
 
 def _metric_table(result: dict, key: str, fmt: str) -> str:
     """One metric of every stage at every size, with its growth exponent."""
-    from pipeline.benchmarks import _table
-
     runs = result["runs"]
     header = ["stage", *(f"N = {r['videos']['train']:,}" for r in runs), "k"]
     rows = []
     for stage in runs[-1]["stages"]:
         k = result["exponents"].get(stage, {}).get(key)
         rows.append([stage, *_cells(runs, stage, key, fmt), "" if k is None else f"{k:.2f}"])
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def _sizes_table(result: dict) -> str:
     """The measured sets: videos per split, multi-label videos, head-class count, disk and total time."""
-    from pipeline.benchmarks import _table
-
     rows = [[f"{r['videos']['train']:,}", f"{r['videos']['val']:,}", f"{r['videos']['test']:,}",
              f"{r['multi_label_videos']:,}", r["max_per_class"], f"{r['work_dir_disk_mb']:,.0f}",
              f"{sum(s['wall_s'] for s in r['stages'].values()):,.0f}"] for r in result["runs"]]
-    return _table(["train", "val", "test", "multi-label", "head class", "work dir MB", "all stages s"], rows)
+    return markdown_table(["train", "val", "test", "multi-label", "head class", "work dir MB", "all stages s"], rows)
 
 
 def extrapolation(result: dict) -> list:
@@ -293,8 +291,6 @@ def render_scale(result: dict) -> str:
     """The ``## Scale`` section of docs/benchmarks.md for a :func:`bench_scale` result."""
     from datetime import date
 
-    from pipeline.benchmarks import _table
-
     r = result
     sizes = ", ".join(f"{x['videos']['train']:,}" for x in r["runs"])
     parts = [
@@ -321,5 +317,5 @@ def render_scale(result: dict) -> str:
         parts.append(f"### Extrapolation to VideoLT's features\n\n150 x 2048 per video, all "
                      f"{REAL['videos']:,} videos, from the measured sizes and a probe of {p['videos']} videos of "
                      f"{p['frames']} x {p['dim']} (generated, imported, read as training batches):\n\n"
-                     + _table(["quantity", "estimate", "from"], extrapolation(r)))
+                     + markdown_table(["quantity", "estimate", "from"], extrapolation(r)))
     return "\n\n".join(parts)
