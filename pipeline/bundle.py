@@ -194,7 +194,7 @@ def calibrate(work_dir: Path, bundle: ModelBundle, device: str = "auto") -> Mode
     validation videos leaves them unset."""
     from manifests.datasets import multi_hot
     from train.data import FeatureBank
-    from train.loop import SplitData, predict
+    from train.loop import SplitData, predict, probabilities, resolve_device
 
     work_dir, run_dir = Path(work_dir), Path(work_dir) / "train" / bundle.meta["run"]
     videos = tables.read_split_videos(work_dir / "split")
@@ -203,31 +203,16 @@ def calibrate(work_dir: Path, bundle: ModelBundle, device: str = "auto") -> Mode
         return bundle
     ids, labels = val.video_id.tolist(), list(val.labels)
     data = SplitData(np.arange(len(ids)), labels, ids)
-    logits = predict(bundle.build_model().to(torch_device(device)), FeatureBank(work_dir / "extract", ids), data,
-                     train_config(bundle.meta["settings"]), torch_device(device))
+    device = resolve_device(device)
+    logits = predict(bundle.build_model().to(device), FeatureBank(work_dir / "extract", ids), data,
+                     train_config(bundle.meta["settings"]), device)
     targets = multi_hot(labels, len(bundle.class_names))
-    values = f1_thresholds(sigmoid(logits), targets)
+    values = f1_thresholds(probabilities(logits), targets)
     record = {"split": "val", "values": values.tolist(), "fallback": FALLBACK_THRESHOLD,
               "val_positives": targets.sum(axis=0).astype(int).tolist()}
     write_json_atomic(run_dir / THRESHOLDS_FILE, {"checkpoint_sha256": sha256_file(run_dir / BEST), **record})
     bundle.meta["thresholds"] = record
     return bundle
-
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """float32 probabilities of logits (the formula the evaluate stage's reference mode uses)."""
-    return 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
-
-
-def torch_device(name: str):
-    """``auto``: the first GPU when one is visible, else the CPU."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name}: no CUDA GPU is visible here; use --device cpu or auto")
-    return torch.device(name)
 
 
 # ------------------------------------------------------------------------------ the file

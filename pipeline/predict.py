@@ -25,8 +25,7 @@ import pandas as pd
 from manifests.datasets import VIDEO_EXTENSIONS, index_video_files
 from manifests.errors import UserError
 from manifests.files import atomic_path
-from pipeline.bundle import (ModelBundle, bundle_from_run, calibrate, load_bundle, save_bundle, sigmoid, torch_device,
-                             train_config)
+from pipeline.bundle import ModelBundle, bundle_from_run, calibrate, load_bundle, save_bundle, train_config
 
 log = logging.getLogger("pipeline")
 
@@ -41,7 +40,9 @@ class Predictor:
     def __init__(self, bundle: ModelBundle, work_dir: Path | None = None, device: str = "auto",
                  weights: str | None = None):
         self.bundle, self.work_dir, self.weights = bundle, work_dir, weights
-        self.device = torch_device(device)
+        from train.loop import resolve_device
+
+        self.device = resolve_device(device)
         self.model = bundle.build_model().to(self.device)
         self._encoder = None
 
@@ -118,12 +119,12 @@ class Predictor:
     def scores(self, features: list, ids: list) -> np.ndarray:
         """(N, C) sigmoid scores of per-video (T, D) stored-precision features, on the test-time path
         (``train.eval_frames`` uniform frames, batches of ``train.batch_size``, float32)."""
-        from train.loop import SplitData, predict
+        from train.loop import SplitData, predict, probabilities
 
         data = SplitData(np.arange(len(features)), [[] for _ in features], list(ids))
         logits = predict(self.model, _MemoryBank(features), data, train_config(self.bundle.meta["settings"]),
                          self.device)
-        return sigmoid(logits)
+        return probabilities(logits)
 
     # ---------------------------------------------------------------------------- features
     def _video_features(self, items: list, progress: bool) -> tuple:

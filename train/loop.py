@@ -22,7 +22,7 @@ from tqdm import tqdm
 from evaluate.metrics import compute, scalars
 from manifests import resources
 from manifests.datasets import multi_hot
-from manifests.errors import StageFailed
+from manifests.errors import StageFailed, UserError
 from manifests.files import write_text_atomic
 from train import checkpoints, distributed
 from train.config import TrainConfig
@@ -47,7 +47,10 @@ def derived_seed(*parts: int) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto``: the GPU of this process (torchrun's LOCAL_RANK) if there is one, else the CPU."""
+    """``auto``: the GPU of this process (torchrun's LOCAL_RANK) if there is one, else the CPU; a CUDA
+    device asked for where none is visible is a UserError."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name}: no CUDA GPU is visible here; use --device cpu or auto")
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
@@ -105,9 +108,14 @@ def _fill(out: dict, start: int, batch: dict) -> None:
         out[k][start:start + len(v)] = v.float().cpu().numpy()
 
 
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """float32 sigmoid of logits, computed as the reference does (so its saturation ties are kept)."""
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
+
+
 def scores_for_metrics(logits: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     """The reference ranks post-sigmoid float32 scores (saturation ties); the default ranks logits."""
-    return 1.0 / (1.0 + np.exp(-logits.astype(np.float32))) if cfg.compat == "reference" else logits
+    return probabilities(logits) if cfg.compat == "reference" else logits
 
 
 class Trainer:

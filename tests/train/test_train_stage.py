@@ -185,3 +185,15 @@ def test_training_progress_is_one_bar_over_every_batch_with_an_eta(work, capsys)
     # 24 + 12 + 6 + 3 = 45 train videos in batches of 16 -> 3 batches per epoch, 9 in all
     assert bars and "9/9" in bars[-1] and "epoch=3/3" in bars[-1] and "batch" in bars[-1]
     assert any("<" in line and "/9 " in line for line in bars)  # elapsed<remaining: an ETA
+
+
+def test_a_cuda_device_without_a_gpu_is_one_clear_error(monkeypatch):
+    from manifests.errors import UserError
+    from train.loop import probabilities, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="no CUDA GPU is visible"):
+        resolve_device("cuda:0")
+    assert resolve_device("auto") == torch.device("cpu")
+    # float32 as the reference computes it: exp(100) overflows, so a very negative logit saturates to 0
+    assert probabilities(np.array([0.0, 100.0, -100.0])).tolist() == [0.5, 1.0, 0.0]
