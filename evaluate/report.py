@@ -13,7 +13,7 @@ from manifests.errors import UserError
 
 COLUMNS = ("mAP", "head", "medium", "tail", "acc1", "acc5")
 HEADERS = ("Overall", "Head", "Medium", "Tail", "Acc@1", "Acc@5")
-GROUP_KEYS = ("method", "features", "select_on", "config_id")
+GROUP_KEYS = ("method", "features", "select_on", "config_id", "schedule")
 
 
 def columns() -> tuple:
@@ -35,6 +35,12 @@ def markdown_table(header: list, rows: list) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def schedule_text(schedule: dict) -> str:
+    """A training schedule as one line, ``epochs 30, lr 0.001, lr_steps [20], batch_size 128``; "" when
+    it was not recorded (results of older versions)."""
+    return ", ".join(f"{key} {json.dumps(value)}" for key, value in (schedule or {}).items())
 
 
 def run_label(run: dict) -> str:
@@ -108,6 +114,7 @@ def collect(run_dirs) -> pd.DataFrame:
         row = {"run": str(path.parent), "method": method,
                "features": run.get("features", "unknown"), "seed": run.get("seed"),
                "select_on": run.get("select_on", "unknown"), "config_id": run.get("config_id", ""),
+               "schedule": schedule_text(run.get("schedule")),
                **{c: document["metrics"][c] for c in COLUMNS},
                **{c: document["metrics"].get(c, np.nan) for c in registry.METRICS},  # older files lack new ones
                "train_s": run.get("train_seconds", np.nan)}
@@ -140,8 +147,17 @@ def report_markdown(table: pd.DataFrame) -> str:
         rows.append([r["method"], r["features"], r["select_on"], r["runs"], *cells])
     names = {**dict(zip(columns(), headers())), "train_s": "Train (s)"}
     header = ["Method", "Features", "Selected on", "Runs", *(names.get(c, c) for c in values)]
+    schedules = list(dict.fromkeys(table["schedule"])) if "schedule" in table else [""]
+    if len(schedules) > 1:  # never a silent comparison of different schedules: each row says its own
+        header.append("Schedule")
+        for row, schedule in zip(rows, table["schedule"]):
+            row.append(schedule or "not recorded")
+        note = ("**Warning: these rows were trained with different schedules** (see the Schedule column); "
+                "differences between them are not only the methods'.\n\n")
+    else:
+        note = f"Every row trained with {schedules[0]}.\n\n" if schedules[0] else ""
     return ("Mean ± sample std over seeds where a configuration has several runs. 'Selected on' is the "
-            "split the checkpoint was chosen on (test = the papers' protocol).\n\n" + markdown_table(header, rows))
+            "split the checkpoint was chosen on (test = the papers' protocol).\n\n" + note + markdown_table(header, rows))
 
 
 def write_report(run_dirs, out_dir: Path) -> str:

@@ -193,8 +193,12 @@ def cmd_run(args) -> int:
     from pipeline.run import run_pipeline
     from pipeline.stages import RunOptions
 
+    from pipeline.config import schedule_mismatch
+
     cfg = _load(args)
     log.info("work dir: %s", Path(cfg.work_dir).resolve())
+    if args.stage in ("all", "train", "evaluate") and (mismatch := schedule_mismatch(cfg)):
+        log.warning("warning: %s", mismatch)
     options = RunOptions(force=args.force, resume=args.resume, no_rerun=args.no_rerun, retry_failed=args.retry_failed,
                          repair=args.repair, progress=not args.no_progress)
     run_pipeline(cfg, args.stage, options)
@@ -231,9 +235,14 @@ def cmd_status(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from pipeline.config import to_yaml
+    from pipeline.config import schedule_mismatch, schedule_report, to_yaml
 
-    print(to_yaml(*_load(args, with_sources=True)), end="")
+    cfg, sources = _load(args, with_sources=True)
+    print(to_yaml(cfg, sources), end="")
+    print("# the schedule each run trains with (value, the key it comes from: where that key was set):")
+    print("\n".join(f"#   {line}" for line in schedule_report(cfg, sources)))
+    if mismatch := schedule_mismatch(cfg):
+        log.warning("warning: %s", mismatch)
     return 0
 
 

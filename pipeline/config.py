@@ -6,6 +6,7 @@ valid ones. Relative paths are taken relative to the current directory.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -14,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import PydanticCustomError
 
 from evaluate.config import EvaluateConfig
+from evaluate.report import schedule_text
 from extract.config import ExtractConfig
 from train import registry as method_registry
-from train.config import TrainConfig
+from train.config import SCHEDULE_KEYS, TrainConfig
 from manifests.datasets import read_text
 from manifests.errors import UserError
 from pipeline import formats
@@ -253,6 +255,45 @@ def single_runs(cfg: Config) -> list:
         split = cfg.split.model_copy(update={"seed": split_seed(cfg)})
         runs += [one.model_copy(update={"seed": seed, "seeds": [seed], "split": split}) for seed in cfg.seeds]
     return runs
+
+
+def run_schedule(cfg: Config) -> dict:
+    """The schedule one run (a single method) trains with, ``{key: (value, config key)}`` for each of
+    ``epochs, lr, lr_steps, batch_size``: the method's own section where it sets the key (``medc.lr``),
+    else ``train.<key>``."""
+    method = cfg.train.method
+    own = getattr(cfg, method) if method_registry.lookup(method).config else None
+    schedule = {}
+    for key in SCHEDULE_KEYS:
+        value = getattr(own, key, None)
+        schedule[key] = (value, f"{method}.{key}") if value is not None else (getattr(cfg.train, key), f"train.{key}")
+    return schedule
+
+
+
+
+def schedule_report(cfg: Config, sources: dict) -> list:
+    """Lines for ``pipeline config``: the effective schedule of each run (runs that share one on one line),
+    every value with the config key it comes from and where that key was set (default, file, --set)."""
+    groups = {}
+    for run in single_runs(cfg):
+        parts = tuple(f"{key} {json.dumps(value)} ({where}: {sources.get(where, 'default')})"
+                      for key, (value, where) in run_schedule(run).items())
+        groups.setdefault(parts, []).append(run.train.run_name())
+    return [f"{', '.join(dict.fromkeys(names))}: {', '.join(parts)}" for parts, names in groups.items()]
+
+
+def schedule_mismatch(cfg: Config) -> str | None:
+    """One warning when the runs of ``cfg`` train with different schedules, naming them; else None."""
+    by_schedule = {}
+    for run in single_runs(cfg):
+        text = schedule_text({key: value for key, (value, _) in run_schedule(run).items()})
+        by_schedule.setdefault(text, []).append(run.train.run_name())
+    if len(by_schedule) < 2:
+        return None
+    groups = "; ".join(f"{', '.join(dict.fromkeys(names))}: {text}" for text, names in by_schedule.items())
+    return (f"these runs train with different schedules, so their comparison is not like for like -- {groups}. "
+            "Set the method sections' epochs/lr/lr_steps/batch_size to null to train every method on train.*")
 
 
 def split_seed(cfg: Config) -> int:

@@ -20,9 +20,10 @@ from manifests.errors import UserError
 from manifests.files import read_table, sha256_file, write_table
 from manifests.groups import GROUPS, assign_groups
 from manifests.manifest import config_hash, read_manifest
-from pipeline.config import Config, group_thresholds, run_name, split_profile, split_seed
+from pipeline.config import Config, group_thresholds, run_name, run_schedule, split_profile, split_seed
 from pipeline.formats import demo_root, read_dataset
 from train import registry as method_registry
+from train.config import SCHEDULE_KEYS
 
 log = logging.getLogger("pipeline")
 
@@ -187,9 +188,8 @@ def method_sections(cfg: Config) -> dict:
 
 
 def method_train_config(cfg: Config):
-    """The train config a run uses: a method section's own schedule (medc.epochs, lr, ...) replaces train's."""
-    own = method_sections(cfg).get(cfg.train.method)
-    return own.schedule(cfg.train) if hasattr(own, "schedule") else cfg.train
+    """The train config a run uses: train's, with the schedule of :func:`pipeline.config.run_schedule`."""
+    return cfg.train.model_copy(update={key: value for key, (value, _) in run_schedule(cfg).items()})
 
 
 def train_settings(cfg: Config) -> dict:
@@ -227,6 +227,7 @@ def run_info(work_dir: Path, cfg: Config) -> dict:
         info.update({k: train.config[k] for k in ("method", "select_on") if k in train.config})
         info["config_id"] = config_hash({k: v for k, v in train.config.items() if k != "seed"})[:12]
         info["head"] = train.config.get("head")
+        info["schedule"] = {k: train.config[k] for k in SCHEDULE_KEYS if k in train.config}
         info["train_seconds"] = train.summary.get("seconds")
     return info
 

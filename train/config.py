@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from train import registry
 
 HEADS = ("lateavg", "aggregators")
+# What makes two runs' training comparable: a method section may set its own (MEDC), else train.* applies.
+SCHEDULE_KEYS = ("epochs", "lr", "lr_steps", "batch_size")
 
 
 class TrainConfig(BaseModel):
@@ -92,9 +94,6 @@ class MoveConfig(BaseModel):
                                 "null = feature dim / n_head")
 
 
-SCHEDULE_KEYS = ("epochs", "lr", "lr_steps", "batch_size")
-
-
 class MedcConfig(BaseModel):
     """MEDC (TMM'23, our reading): three distribution experts with mean/variance branches.
 
@@ -127,19 +126,18 @@ class MedcConfig(BaseModel):
         "probabilities", description="combination of the experts: mean of sigmoid outputs (reported as logits of "
         "the mean), mean of logits, learned softmax weights, or weights chosen on the selection split (val)")
     val_step: float = Field(0.1, gt=0, le=1, description="grid step of the inference=val expert weights")
-    epochs: int | None = Field(120, ge=1, description="MEDC's epochs (the paper's 120); null = train.epochs")
-    lr: float | None = Field(1e-4, gt=0, description="MEDC's Adam learning rate; null = train.lr")
-    lr_steps: list[int] | None = Field([], description="MEDC's step-decay epochs ([] = none, as the paper); "
+    # The schedule inherits train.* unless set here, so that one comparison trains every method alike; the
+    # paper's (120 epochs, Adam 1e-4, no decay, batch 128) is set by the videolt_*/minik200_* configs.
+    epochs: int | None = Field(None, ge=1, description="MEDC's own epochs (the paper: 120); null = train.epochs")
+    lr: float | None = Field(None, gt=0, description="MEDC's own Adam learning rate (the paper: 1e-4); "
+                             "null = train.lr")
+    lr_steps: list[int] | None = Field(None, description="MEDC's own step-decay epochs (the paper: [], none); "
                                         "null = train.lr_steps")
-    batch_size: int | None = Field(128, ge=1, description="MEDC's batch size (per stream); null = train.batch_size")
+    batch_size: int | None = Field(None, ge=1, description="MEDC's own batch size per stream (the paper: 128); "
+                                   "null = train.batch_size")
 
     @model_validator(mode="after")
     def _region_order(self):
         if self.region_a >= self.region_b:
             raise ValueError(f"region_a ({self.region_a}) must be below region_b ({self.region_b})")
         return self
-
-    def schedule(self, train: TrainConfig) -> TrainConfig:
-        """``train`` with MEDC's own schedule (epochs, lr, lr_steps, batch_size) where it is not null."""
-        updates = {k: getattr(self, k) for k in SCHEDULE_KEYS if getattr(self, k) is not None}
-        return TrainConfig(**{**train.model_dump(), **updates})

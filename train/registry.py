@@ -9,7 +9,8 @@ Recipes and config models are named ``"module:Class"`` and imported when first n
 validating a config does not import torch. A method's own config section is a pydantic model in a
 torch-free module (train/config.py); a run config then takes a section named like the method, the
 recipe reads it with ``self.section(name, Model)``, and it enters the train stage's config hash.
-A section model with a ``schedule(train) -> TrainConfig`` method replaces train's schedule (MEDC).
+A section model with fields named like ``train.config.SCHEDULE_KEYS`` (MEDC's ``epochs``, ``lr``, ...) sets
+the run's schedule where they are not null; null inherits ``train.*``.
 """
 
 from __future__ import annotations

@@ -365,13 +365,16 @@ def test_val_inference_calibrates_and_uses_the_chosen_weights():
         assert torch.allclose(recipe.model(x), recipe.model.expert_logits(x)["uni"], atol=1e-4)
 
 
-def test_schedule_section_overrides_train_settings():
-    train = TrainConfig(epochs=30, lr=0.001, lr_steps=[20], batch_size=64)
-    paper = MedcConfig().schedule(train)
-    assert (paper.epochs, paper.lr, paper.lr_steps, paper.batch_size) == (120, 1e-4, [], 128)
-    inherit = MedcConfig(epochs=None, lr=None, lr_steps=None, batch_size=None).schedule(train)
-    assert inherit == train
-    assert MedcConfig(epochs=7, lr=None, lr_steps=None, batch_size=None).schedule(train).epochs == 7
+def test_schedule_section_inherits_train_settings_unless_set():
+    from pipeline.config import Config, run_schedule
+
+    train = {"method": "medc", "epochs": 30, "lr": 0.001, "lr_steps": [20], "batch_size": 64}
+    inherit = run_schedule(Config(train=train))
+    assert {k: v for k, (v, _) in inherit.items()} == {"epochs": 30, "lr": 0.001, "lr_steps": [20], "batch_size": 64}
+    assert {where for _, where in inherit.values()} == {"train.epochs", "train.lr", "train.lr_steps", "train.batch_size"}
+    own = run_schedule(Config(train=train, medc={"epochs": 7, "lr_steps": []}))
+    assert own["epochs"] == (7, "medc.epochs") and own["lr_steps"] == ([], "medc.lr_steps")
+    assert own["lr"] == (0.001, "train.lr") and own["batch_size"] == (64, "train.batch_size")
 
 
 def test_same_generator_seed_same_loss():
