@@ -423,7 +423,7 @@ def test_training_loss_decreases(medc):
 MEDC_FAST = ["--set", "train.method=medc", "--set", "medc.epochs=3", "--set", "medc.batch_size=16",
              "--set", "train.train_frames=6", "--set", "train.eval_frames=10", "--set", "medc.trunk_dim=32",
              "--set", "medc.expert_dim=16", "--set", "move.vlad_hidden=16", "--set", "move.clusters=4",
-             "--set", "medc.lr=0.003", "--no-progress", "-q"]
+             "--set", "medc.lr=0.003", "--set", "medc.lr_steps=[]", "--no-progress", "-q"]
 
 
 @pytest.mark.parametrize("extra", [[], ["--set", "medc.trunk=aggregators", "--set", "medc.inference=logits"]])
