@@ -13,7 +13,7 @@ from manifests.errors import StageFailed, UserError
 
 log = logging.getLogger("pipeline")
 
-BENCHMARKS = ("evaluate", "store", "extract", "train", "demo", "scale", "all")
+BENCHMARKS = ("evaluate", "store", "extract", "train", "demo", "scale", "gpu", "all")
 IN_BENCH_ALL = ("evaluate", "store", "extract", "train", "demo")  # scale takes about an hour: run on its own
 EPILOG = """examples:
   python -m pipeline run                                   # the embedded demo, end to end, offline
@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", parents=[quiet], help="measure the product against the reference way (JSON line)",
                                 description="Benchmarks: ratios measured inside one run; min and median "
                                             "of >= 3 repeats; one JSON line at the end.")
-    bench.add_argument("what", choices=BENCHMARKS, help="which benchmark; all runs every one but scale and rewrites "
-                                                        "--out; scale rewrites the Scale section of --out")
+    bench.add_argument("what", choices=BENCHMARKS, help="which benchmark; all runs every one but scale and gpu and "
+                                                        "rewrites --out; scale rewrites the Scale section of --out; "
+                                                        "gpu is the GPU acceptance check (a CPU dry run without a GPU)")
     bench.add_argument("--out", default=None, metavar="FILE",
                        help="all/scale: the markdown report to rewrite, keeping its measured sections (e.g. "
                             "docs/benchmarks.md of a checkout); without it the report goes to stdout")
@@ -281,6 +282,10 @@ def cmd_bench(args) -> int:
 
     if args.what == "scale":
         return _bench_scale(args)
+    if args.what == "gpu":
+        from pipeline.gpu_check import main as gpu_check
+
+        return gpu_check()
     names = IN_BENCH_ALL if args.what == "all" else (args.what,)
     results = {}
     for name in names:

@@ -208,7 +208,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> tuple:
         """One epoch: ``(mean training loss, per-epoch means of the recipe's step metrics)``."""
         self.model.train()
-        torch.manual_seed(derived_seed(self.seed, epoch))
+        torch.manual_seed(derived_seed(self.seed, epoch, *distributed.own_stream()))  # dropout
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, epoch)
         self.recipe.start_epoch(epoch)
@@ -219,7 +219,7 @@ class Trainer:
         for b, (x, y, chosen, positions, sizes) in enumerate(self.loader(dataset)):
             self.bank.check_finite(x, positions)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            generator = torch.Generator().manual_seed(derived_seed(self.seed, epoch, b))
+            generator = torch.Generator().manual_seed(derived_seed(self.seed, epoch, b, *distributed.own_stream()))
             extra = {"streams": self.recipe.stream_rows(sizes.tolist())} if self.recipe.streams else {}
             with autocast(self.device, self.cfg.amp):
                 loss = self.recipe.training_loss(x, y, chosen.to(self.device), generator, **extra)
@@ -229,7 +229,7 @@ class Trainer:
                                   "train.lr or check the features for extreme values")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            distributed.average_gradients(self.recipe.parameters())
+            distributed.average_gradients(self.recipe.parameters(), int(sizes[0]))
             if self.cfg.grad_clip is not None and self.recipe.clip_parameters():
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.recipe.clip_parameters(), self.cfg.grad_clip)
@@ -241,7 +241,10 @@ class Trainer:
                 sums[key] = sums.get(key, 0.0) + value
             self.bar.update()
         self.recipe.end_epoch()
-        means = {key: float(value) / len(dataset) for key, value in sums.items()}
+        distributed.average_buffers(self.model)
+        total, count, *values = distributed.sum_over_processes([total, count, *map(float, sums.values())])
+        world = distributed.rank_and_world()[1]  # step metrics: the mean over processes of their means
+        means = {key: value / world / len(dataset) for key, value in zip(sums, values)}
         return total / max(count, 1), means
 
     def evaluate(self, split: str) -> dict:

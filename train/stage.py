@@ -53,7 +53,8 @@ def run_train(cfg: TrainConfig, extract_dir: Path, split_dir: Path, run_dir: Pat
         if not (videos.split == split).any():
             raise UserError(f"the split in {split_dir} has no {split!r} videos, which training needs "
                             f"(train.select_on={cfg.select_on})")
-    for warning in check_schedule(cfg, method, int((videos.split == "train").sum())):
+    num_train = int((videos.split == "train").sum())
+    for warning in check_schedule(cfg, method, num_train) + distributed.batching_warnings(num_train, cfg.batch_size):
         log.warning("warning: %s", warning)
     try:
         bank = FeatureBank(extract_dir, bank_ids, cache=cfg.cache)
