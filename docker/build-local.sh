@@ -30,7 +30,7 @@ CONTEXT="$(cd "${VLTR_CONTEXT:-$HERE/..}" && pwd)"
 OUT="$(mkdir -p "${1:-$CONTEXT/runs/image}" && cd "${1:-$CONTEXT/runs/image}" && pwd)"
 IMAGE="${VLTR_IMAGE:-localhost/vltr-pipeline:local}"
 BASE="${VLTR_BASE_IMAGE:-localhost/vltr-base:bookworm}"
-DEFAULT_SELFTEST="tests/pipeline/test_docker.py tests/manifests tests/evaluate -q"
+DEFAULT_SELFTEST="tests/pipeline/test_docker.py tests/manifests tests/evaluate -q -rs"
 SELFTEST="${VLTR_SELFTEST_ARGS-$DEFAULT_SELFTEST}"
 export BUILDAH_ISOLATION="${BUILDAH_ISOLATION:-chroot}"
 # buildah 1.28 ignores the STORAGE_DRIVER variable: it is passed as an option when set
@@ -102,8 +102,12 @@ debootstrap_base() {
         || die "debootstrap failed: see $OUT/debootstrap.log"
 }
 
-# A tar keeps the owners of the root's files (buildah copy would make them root's); no device nodes.
+# A tar keeps the owners of the root's files (buildah copy would make them root's); no device nodes,
+# no downloaded packages, and apt set to drop the packages it downloads later, as Debian's own images.
 import_base() {
+    rm -f "$ROOTFS"/root/var/cache/apt/archives/*.deb "$ROOTFS"/root/var/cache/apt/*.bin
+    printf '%s\n' 'APT::Keep-Downloaded-Packages "false";' 'Dir::Cache::pkgcache "";' 'Dir::Cache::srcpkgcache "";' \
+        > "$ROOTFS/root/etc/apt/apt.conf.d/90vltr-no-cache"
     tar -C "$ROOTFS/root" --numeric-owner --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' \
         -cf "$ROOTFS/root.tar" .
     local base
@@ -133,7 +137,7 @@ build_image() {
 # Checks on the built image before anything runs in it: environment, files, owners, size.
 check_image() {
     local env root
-    env="$("${BUILDAH[@]}" inspect --type image --format '{{json .OCIv1.Config.Env}}' "$IMAGE")"
+    env="$("${BUILDAH[@]}" inspect --type image --format '{{.OCIv1.Config.Env}}' "$IMAGE")"
     if echo "$env" | grep -qE 'PIP_(INDEX_URL|EXTRA_INDEX_URL|FIND_LINKS|CERT)='; then
         echo "FAIL  pip settings in the image's environment: $env" | tee -a "$SUMMARY"; return 1
     fi
@@ -143,8 +147,8 @@ check_image() {
     (cd "$root/opt/vltr" && find . -type f -not -path './vltr_pipeline.egg-info/*' | sed 's|^\./||' | sort) \
         > "$OUT/image-files.txt"
     du -sh "$root" > "$OUT/size.txt"
-    du -sh "$root"/opt/venv/lib/python3*/site-packages/* "$root"/usr "$root"/opt/vltr 2>/dev/null \
-        | sort -rh | head -n 25 >> "$OUT/size.txt"
+    du -sh "$root"/opt/venv/lib/python3*/site-packages/* "$root"/opt/venv/lib/python3*/site-packages/nvidia/* \
+        "$root"/usr "$root"/var "$root"/opt/vltr 2>/dev/null | sort -rh | head -n 25 | sed "s|$root||" >> "$OUT/size.txt"
     echo "image size: $("${BUILDAH[@]}" images --format '{{.Size}}' "$IMAGE" | head -n 1)" \
          "(unpacked: $(head -n 1 "$OUT/size.txt" | cut -f1); largest parts in size.txt)" | tee -a "$SUMMARY"
     "${BUILDAH[@]}" umount "$CONTAINER" > /dev/null
@@ -167,7 +171,7 @@ selftest() {
 }
 
 demo() {
-    if ! in_image run 2>&1 | tee "$OUT/demo.log"; then die "the demo failed: see $OUT/demo.log"; fi
+    if ! in_image run --no-progress 2>&1 | tee "$OUT/demo.log"; then die "the demo failed: see $OUT/demo.log"; fi
     [ -s "$OUT/work/runs/demo/report.md" ] || die "the demo wrote no runs/demo/report.md: see $OUT/demo.log"
     local foreign
     foreign="$(find "$OUT/work" -not -uid 1000 | head -n 5)"
@@ -195,6 +199,9 @@ main() {
     step "build (all layers)" build_image
     trap cleanup EXIT
     CONTAINER="$("${BUILDAH[@]}" from --pull=never "$IMAGE")"
+    # buildah 1.28's run mounts its own copy of a declared VOLUME over a --volume at the same path (the
+    # demo's files would never reach the host); docker and podman let the --volume win
+    "${BUILDAH[@]}" config --volume /work- "$CONTAINER"
     step "image checks" check_image
     rm -rf "$OUT/work" && install -d -o 1000 -g 1000 "$OUT/work"
     step "selftest" selftest
