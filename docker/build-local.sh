@@ -146,9 +146,10 @@ check_image() {
     python3 "$HERE/check_image.py" "$root" --host-ca "$HOST_CA" | tee -a "$SUMMARY"
     (cd "$root/opt/vltr" && find . -type f -not -path './vltr_pipeline.egg-info/*' | sed 's|^\./||' | sort) \
         > "$OUT/image-files.txt"
-    du -sh "$root" > "$OUT/size.txt"
-    du -sh "$root"/opt/venv/lib/python3*/site-packages/* "$root"/opt/venv/lib/python3*/site-packages/nvidia/* \
-        "$root"/usr "$root"/var "$root"/opt/vltr 2>/dev/null | sort -rh | head -n 25 | sed "s|$root||" >> "$OUT/size.txt"
+    # one du per listing: du counts a directory once, so nvidia/* after site-packages/* would read 0
+    { du -sh "$root"; du -sh "$root"/opt/venv/lib/python3*/site-packages/* "$root"/usr "$root"/var "$root"/opt/vltr \
+        | sort -rh | head -n 20; du -sh "$root"/opt/venv/lib/python3*/site-packages/nvidia/* | sort -rh; } \
+        2>/dev/null | sed "s|$root/*|/|" > "$OUT/size.txt"
     echo "image size: $("${BUILDAH[@]}" images --format '{{.Size}}' "$IMAGE" | head -n 1)" \
          "(unpacked: $(head -n 1 "$OUT/size.txt" | cut -f1); largest parts in size.txt)" | tee -a "$SUMMARY"
     "${BUILDAH[@]}" umount "$CONTAINER" > /dev/null
