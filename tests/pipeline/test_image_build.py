@@ -1,5 +1,6 @@
-"""The image built and tried for real: docker/build-local.sh with buildah (tens of minutes, ~30 GB of
-buildah storage on the vfs driver; the first run also debootstraps the Debian base)."""
+"""The image built and tried for real: docker/build-local.sh with buildah (about 25 minutes on 2 cores,
+most of it the demo; ~7 GB of buildah storage while it runs, freed at the end but for the Debian base
+image, which the first run debootstraps)."""
 
 import json
 import os
