@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +46,49 @@ def cli(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     """Run ``python -m pipeline *args`` to its end; returns the CompletedProcess (text output)."""
     return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
                           env=env(), cwd=kwargs.pop("cwd", ROOT), timeout=scaled(timeout), **kwargs)
+
+
+def bounded_cli(*args, timeout=60, max_rss_mb=1500) -> subprocess.CompletedProcess:
+    """``python -m pipeline *args`` that must end within ``timeout`` s (scaled with the machine) and never
+    hold more than ``max_rss_mb`` MB resident, it and its children together (sampled every 20 ms);
+    otherwise its process group is killed and the test fails. Output goes to files, so a child that
+    prints without end cannot block on a full pipe."""
+    import psutil
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], stdout=out, stderr=err,
+                                text=True, env=env(), cwd=ROOT, start_new_session=True)
+        deadline, peak = time.monotonic() + scaled(timeout), 0.0
+        try:
+            while proc.poll() is None:
+                peak = max(peak, _tree_rss_mb(psutil, proc.pid))
+                assert peak <= max_rss_mb, f"{' '.join(map(str, args))[:300]}: over {max_rss_mb} MB resident"
+                assert time.monotonic() < deadline, f"{' '.join(map(str, args))[:300]}: still running after " \
+                                                    f"{scaled(timeout):.0f} s"
+                time.sleep(0.02)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+
+
+def _tree_rss_mb(psutil, pid: int) -> float:
+    """Resident MB of a process and its descendants (0 once it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / 2**20
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
