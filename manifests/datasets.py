@@ -77,7 +77,8 @@ def _parse_labels(text: str, sep: str, num_classes: int | None, path, line: int)
         if num_classes is None and label >= MAX_INFERRED_CLASSES:
             raise DatasetError(path, line, f"class index {label} is beyond the {MAX_INFERRED_CLASSES:,} classes a "
                                "label list may use without a class-name file (the class count is inferred from "
-                               "the largest index); fix the label, or name the classes (dataset.class_names; minikinetics: kinetics_train.csv)")
+                               "the largest index); fix the label, or name the classes (dataset.class_names; "
+                               "minikinetics: kinetics_train.csv)")
         if label in seen:
             raise DatasetError(path, line, f"class index {label} listed twice")
         labels.append(label)
@@ -229,15 +230,18 @@ def _read_csv(path: Path, required: tuple) -> list:
     if not path.is_file():
         raise UserError(f"CSV file not found: {path}")
     reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-    missing = [c for c in required if c not in (reader.fieldnames or [])]
-    if missing:
-        raise DatasetError(path, 1, f"missing column(s) {missing}; the header must include {list(required)}")
     rows = []
-    for row in reader:
-        if None in row or any(v is None for v in row.values()):
-            raise DatasetError(path, reader.line_num, "wrong number of fields")
-        row["_line"] = reader.line_num
-        rows.append(row)
+    try:  # csv.Error: e.g. a field over the csv module's limit (128 KiB)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(path, 1, f"missing column(s) {missing}; the header must include {list(required)}")
+        for row in reader:
+            if None in row or any(v is None for v in row.values()):
+                raise DatasetError(path, reader.line_num, "wrong number of fields")
+            row["_line"] = reader.line_num
+            rows.append(row)
+    except csv.Error as exc:  # line_num counts the lines before the one being read
+        raise DatasetError(path, reader.line_num + 1, f"not readable as CSV: {exc}") from None
     if not rows:
         raise DatasetError(path, None, "lists no videos (only a header); add one row per video")
     return rows
