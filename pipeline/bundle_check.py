@@ -154,7 +154,7 @@ def _check_shapes(meta: dict, state: dict, cfg, path) -> None:
         with torch.device("meta"):
             model = methods.build(meta["method"], cfg.train, meta["feature_dim"], len(classes["names"]),
                                   np.asarray(classes["train_counts"], dtype=np.int64), options).model
-    except (RuntimeError, ValueError, OverflowError) as exc:
+    except (RuntimeError, ValueError, TypeError, OverflowError) as exc:
         raise UserError(f"{path}: {described} cannot be built ({str(exc).splitlines()[0][:150]}); the description "
                         "was edited or damaged: export the model again") from None
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

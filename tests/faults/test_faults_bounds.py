@@ -153,34 +153,49 @@ def add_a_class(meta: dict) -> None:
         meta["thresholds"]["values"].append(0.5)
 
 
-BUNDLE_EDITS = {
+# Sizes that allocate memory or time: refused by a process that stays within the ceilings.
+SIZE_EDITS = {
     "feature_dim 10**12": (lambda m: m.update(feature_dim=10**12),
                            ["does not fit its weights: fc1.weight is (32, 16) in the file but (32, 1000000000000)"]),
     "hidden 10**7": (lambda m: m["settings"].update(hidden=10**7),
                      ["does not fit its weights: fc1.weight is (32, 16) in the file but (10000000, 16)"]),
-    "batch_size -5": (lambda m: m["settings"].update(batch_size=-5),
-                      ["train.batch_size: Input should be greater than or equal to 1 (got -5)"]),
     "num_frames 10**9": (huge_num_frames,
                          ["features.extract.num_frames = 1000000000 is beyond any real run (at most 10,000)"]),
     "eval_frames 10**9": (lambda m: m["settings"].update(eval_frames=10**9),
                           ["settings.eval_frames = 1000000000 is beyond any real run"]),
-    "one class more": (add_a_class, ["and 5 classes", "does not fit its weights", "project.weight is (4, 32) in the file but (5, 32)"]),
+    "one class more": (add_a_class, ["and 5 classes", "does not fit its weights",
+                                     "project.weight is (4, 32) in the file but (5, 32)"]),
+}
+# Values a run would refuse, or a description of the wrong shape: one line instead of a traceback.
+MALFORMED_EDITS = {
+    "batch_size -5": (lambda m: m["settings"].update(batch_size=-5),
+                      ["train.batch_size: Input should be greater than or equal to 1 (got -5)"]),
+    "unknown backbone": (lambda m: m["features"]["extract"].update(backbone="vgg"),
+                         ["extract.backbone: unknown backbone 'vgg'"]),
     "class lists of two lengths": (lambda m: m["classes"]["names"].append("extra"),
                                    ["classes: names, train_counts and groups must have one entry per class"]),
     "unknown method": (lambda m: m.update(method="nope"), ["method: unknown method 'nope'"]),
     "mAP missing": (lambda m: m["selection"].update(mAP=None), ["selection.mAP: Input should be a valid number"]),
-    "unknown backbone": (lambda m: m["features"]["extract"].update(backbone="vgg"),
-                         ["extract.backbone: unknown backbone 'vgg'"]),
 }
 
 
-@pytest.mark.parametrize("case", list(BUNDLE_EDITS))
-def test_bundle_with_an_edited_description_is_one_error(bundle, _bundle_cache, tmp_path, case):
-    change, expected = BUNDLE_EDITS[case]
+@pytest.mark.parametrize("case", list(SIZE_EDITS))
+def test_bundle_with_an_absurd_size_is_one_error_within_time_and_memory(bundle, _bundle_cache, tmp_path, case):
+    change, expected = SIZE_EDITS[case]
     path = edited(bundle, tmp_path / "edited.safetensors", change)
     result = bounded_cli("predict", "--bundle", path, "--no-progress", _bundle_cache["clip"],
                          max_rss_mb=TORCH_MB)
     refused(result, f"error: {path}: ", *expected)
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_EDITS))
+def test_bundle_with_a_malformed_description_is_one_error(bundle, _bundle_cache, tmp_path, capsys, case):
+    from pipeline.cli import main
+
+    change, expected = MALFORMED_EDITS[case]
+    path = edited(bundle, tmp_path / "edited.safetensors", change)
+    assert main(["predict", "--bundle", str(path), "--no-progress", str(_bundle_cache["clip"])]) == 2
+    one_error(capsys.readouterr().err, f"error: {path}: ", *expected)
 
 
 def test_the_unedited_bundle_passes_the_same_checks(bundle):
