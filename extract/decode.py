@@ -35,6 +35,10 @@ from .sampling import sample_indices
 # Full-resolution RGB bytes one decord get_batch call may hold (bounds memory for 4K inputs).
 DECODE_BUDGET_BYTES = 64 * 1024 * 1024
 MAX_FRAMES_PER_EVENT = 16
+# FFmpeg codecs of still images: a file whose only frame is in one of them is a picture, not a video
+# (a one-frame H.264 clip is still a video: its frame is repeated, RELIABILITY.md).
+STILL_IMAGE_CODECS = frozenset({"png", "apng", "mjpeg", "jpegls", "jpeg2000", "bmp", "gif", "tiff", "webp",
+                                "ppm", "pgm", "pbm", "pam", "sgi", "targa", "dpx", "exr", "qoi"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +61,10 @@ class DecodeJob:
 
 class DecodeError(Exception):
     """A video could not be decoded; the message is the reason recorded for it."""
+
+
+class NotAVideo(DecodeError):
+    """The file is readable but is not a video (a still image): no other decoder is tried."""
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -126,6 +134,8 @@ def decode_decord(job: DecodeJob) -> Iterator[tuple]:
         n = len(vr)
         if n < 1:
             raise DecodeError("decord reports 0 frames")
+        if n == 1:
+            _check_not_still(job.path)
         fps = float(vr.get_avg_fps() or 0.0)
         idx = job.indices(n, fps)
         first = vr.get_batch([int(idx[0])]).asnumpy()
@@ -164,8 +174,38 @@ def decode_decord(job: DecodeJob) -> Iterator[tuple]:
                     "width": width, "frame_indices": idx, "timestamps": ts})
 
 
+def _still_image(container, stream, frames: int) -> Optional[str]:
+    """Why an opened file is a still image rather than a video (None for a video): FFmpeg read it with
+    an image demuxer (a PNG or JPEG renamed .mp4), or its only frame is in a still-image codec."""
+    demuxer = container.format.name
+    if demuxer.endswith("_pipe") or demuxer.startswith("image2"):
+        return f"a still image ({demuxer.removesuffix('_pipe')}), not a video"
+    codec = stream.codec_context.name
+    if frames <= 1 and codec in STILL_IMAGE_CODECS:
+        return f"a still image (one {codec} frame in a {demuxer.split(',')[0]} file), not a video"
+    return None
+
+
+def _check_not_still(path: str) -> None:
+    """DecodeError when the file is a still image (see :func:`_still_image`); for files whose decoder
+    reports a single frame."""
+    import av
+
+    try:
+        with av.open(path) as c:
+            if not c.streams.video:
+                return
+            s = c.streams.video[0]
+            reason = _still_image(c, s, sum(1 for p in c.demux(s) if p.size > 0))
+    except av.FFmpegError:
+        return  # not readable by PyAV: the decoders report it
+    if reason:
+        raise NotAVideo(reason)
+
+
 def _pyav_count(path: str) -> tuple[int, float]:
-    """(video packets with data, average frame rate) of a file, by demuxing without decoding."""
+    """(video packets with data, average frame rate) of a file, by demuxing without decoding; a still
+    image is a DecodeError."""
     import av
 
     with av.open(path) as c:
@@ -178,6 +218,9 @@ def _pyav_count(path: str) -> tuple[int, float]:
         for p in c.demux(s):
             if p.size > 0:
                 n += 1
+        reason = _still_image(c, s, n)
+    if reason:
+        raise NotAVideo(reason)
     return n, fps
 
 
@@ -297,6 +340,9 @@ def decode_video(job: DecodeJob) -> Iterator[tuple]:
                 sent = True
                 yield ev
             return
+        except NotAVideo as e:
+            yield ("error", str(e))
+            return
         except Exception as e:
             decord_reason = str(e) if isinstance(e, DecodeError) else f"decord failed: {_one_line(e)}"
             if job.decoder == "decord":
@@ -308,7 +354,7 @@ def decode_video(job: DecodeJob) -> Iterator[tuple]:
         yield from decode_pyav(job)
     except Exception as e:
         reason = str(e) if isinstance(e, DecodeError) else f"PyAV failed: {_one_line(e)}"
-        if decord_reason:
+        if decord_reason and not isinstance(e, NotAVideo):
             reason = f"{reason} (decord: {decord_reason})"
         yield ("error", reason)
 

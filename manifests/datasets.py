@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,9 @@ SPLITS = ("train", "val", "test")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg")
 # Video ids become file names and HDF5 keys: letters, digits, '_', '-', '.'; no path parts.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,199}$")
+# Without a class-name file the class count is 1 + the largest index: bounded, so that a typo such as
+# 99999999999 is an error at its line rather than billions of classes (VideoLT has 1,004, Kinetics 700).
+MAX_INFERRED_CLASSES = 10_000
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validate": "val",
                   "validation": "val", "test": "test"}
 
@@ -52,24 +56,33 @@ def check_video_id(video_id: str, path, line: int) -> str:
 
 
 def _parse_labels(text: str, sep: str, num_classes: int | None, path, line: int) -> list:
+    """The class indices of one line, each checked against ``num_classes`` (or, for a list without class
+    names, against :data:`MAX_INFERRED_CLASSES`) before anything is sized by it."""
     parts = [p for p in text.strip().split(sep)]
     if parts and parts[-1] == "":  # tolerate one trailing separator (VideoLT *_videofolder.txt style)
         parts = parts[:-1]
     if not parts:
         raise DatasetError(path, line, "no labels")
-    labels = []
+    labels, seen = [], set()
     for part in parts:
         try:
             label = int(part)
         except ValueError:
             raise DatasetError(path, line, f"label {part!r} is not a class index (labels are "
                                f"{sep!r}-separated integers)") from None
-        if label < 0 or (num_classes is not None and label >= num_classes):
-            raise DatasetError(path, line, f"class index {label} out of range 0..{num_classes - 1}"
-                               if num_classes is not None else f"negative class index {label}")
-        if label in labels:
+        if num_classes is not None and not 0 <= label < num_classes:
+            raise DatasetError(path, line, f"class index {label} out of range 0..{num_classes - 1}")
+        if label < 0:
+            raise DatasetError(path, line, f"negative class index {label}")
+        if num_classes is None and label >= MAX_INFERRED_CLASSES:
+            raise DatasetError(path, line, f"class index {label} is beyond the {MAX_INFERRED_CLASSES:,} classes a "
+                               "label list may use without a class-name file (the class count is inferred from "
+                               "the largest index); fix the label, or name the classes (dataset.class_names; "
+                               "minikinetics: kinetics_train.csv)")
+        if label in seen:
             raise DatasetError(path, line, f"class index {label} listed twice")
         labels.append(label)
+        seen.add(label)
     return labels
 
 
@@ -217,15 +230,18 @@ def _read_csv(path: Path, required: tuple) -> list:
     if not path.is_file():
         raise UserError(f"CSV file not found: {path}")
     reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-    missing = [c for c in required if c not in (reader.fieldnames or [])]
-    if missing:
-        raise DatasetError(path, 1, f"missing column(s) {missing}; the header must include {list(required)}")
     rows = []
-    for row in reader:
-        if None in row or any(v is None for v in row.values()):
-            raise DatasetError(path, reader.line_num, "wrong number of fields")
-        row["_line"] = reader.line_num
-        rows.append(row)
+    try:  # csv.Error: e.g. a field over the csv module's limit (128 KiB)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(path, 1, f"missing column(s) {missing}; the header must include {list(required)}")
+        for row in reader:
+            if None in row or any(v is None for v in row.values()):
+                raise DatasetError(path, reader.line_num, "wrong number of fields")
+            row["_line"] = reader.line_num
+            rows.append(row)
+    except csv.Error as exc:  # line_num counts the lines before the one being read
+        raise DatasetError(path, reader.line_num + 1, f"not readable as CSV: {exc}") from None
     if not rows:
         raise DatasetError(path, None, "lists no videos (only a header); add one row per video")
     return rows
@@ -235,7 +251,7 @@ def _read_class_names(path: str | Path | None) -> list | None:
     if path is None:
         return None
     names = [text for _, text in _read_lines(Path(path))]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
         raise DatasetError(path, None, f"class name(s) listed twice: {duplicates[:5]}")
     return names
@@ -265,7 +281,7 @@ def read_kinetics_csv(csv_path: str | Path, class_names=None, videos_dir=None) -
             raise DatasetError(csv_path, line, f"unknown class name {r['label']!r} (not in {class_names})")
         try:
             start, end = int(float(r["time_start"])), int(float(r["time_end"]))
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, NaN, inf
             raise DatasetError(csv_path, line, "time_start/time_end are not numbers") from None
         video_id = check_video_id(f"{r['youtube_id']}_{start:06d}_{end:06d}", csv_path, line)
         rows.append((video_id, [index[r["label"]]], _split_of(r["split"], csv_path, line), (csv_path, line)))

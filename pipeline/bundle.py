@@ -25,6 +25,7 @@ from manifests import tables
 from manifests.errors import UserError
 from manifests.files import atomic_path, sha256_file, write_json_atomic
 from manifests.manifest import package_version, read_manifest
+from pipeline.bundle_check import check_bundle
 
 FORMAT = "vltr-model-bundle"
 SCHEMA_VERSION = 1
@@ -181,11 +182,14 @@ def _cached_thresholds(run_dir: Path) -> dict:
         return empty
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return empty  # damaged: computed again
+    keys = ("split", "values", "fallback", "val_positives")
+    if not isinstance(record, dict) or not all(k in record for k in keys):
         return empty  # damaged: computed again
     if record.get("checkpoint_sha256") != sha256_file(run_dir / BEST):
         return empty
-    return {k: record[k] for k in ("split", "values", "fallback", "val_positives")}
+    return {k: record[k] for k in keys}
 
 
 def calibrate(work_dir: Path, bundle: ModelBundle, device: str = "auto") -> ModelBundle:
@@ -228,7 +232,8 @@ def save_bundle(bundle: ModelBundle, path: Path) -> Path:
 
 
 def load_bundle(path: Path) -> ModelBundle:
-    """Read a bundle written by :func:`save_bundle`; refuses other files and unknown schema versions."""
+    """Read a bundle written by :func:`save_bundle`; refuses other files, unknown schema versions and
+    descriptions that :func:`pipeline.bundle_check.check_bundle` refuses (the file is untrusted)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -243,7 +248,7 @@ def load_bundle(path: Path) -> ModelBundle:
                         "`python -m pipeline export`") from None
     try:
         meta = json.loads(header) if header else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         meta = None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"{path} is a safetensors file but not a model bundle of this product (no {META_KEY!r} "
@@ -253,4 +258,5 @@ def load_bundle(path: Path) -> ModelBundle:
                         f"(package {package_version()}) reads schema version {SCHEMA_VERSION} only; export the "
                         "model again with this version, or use the version that wrote it")
     state = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+    check_bundle(meta, state, path)
     return ModelBundle(meta, state)

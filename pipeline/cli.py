@@ -226,6 +226,8 @@ def cmd_status(args) -> int:
 
     cfg = _load(args) if args.config or args.overrides else None
     work_dir = Path(args.work_dir) if args.work_dir else Path(cfg.work_dir if cfg else load_config().work_dir)
+    if work_dir.exists() and not work_dir.is_dir():
+        raise UserError(f"work dir {work_dir} is a file, not a folder; give the folder a run writes its stages to")
     print(f"work dir: {work_dir.resolve()}" + ("" if cfg else " (config changes not checked: no --config)"))
     rows = status_rows(cfg, work_dir)
     width = max(len(row[0]) for row in rows) + 2

@@ -23,6 +23,7 @@ from manifests.datasets import read_text
 from manifests.errors import UserError
 from pipeline import formats
 from pipeline.synthetic_data import SyntheticSpec
+from pipeline.yaml_limits import load_yaml
 
 PACKAGE_CONFIGS = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = "demo"
@@ -112,7 +113,7 @@ def resolve_config_file(name_or_path: str) -> Path:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(read_text(path)) or {}
+        data = load_yaml(read_text(path), str(path)) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -126,7 +127,7 @@ def apply_override(data: dict, assignment: str) -> None:
     if not sep or not key.strip():
         raise UserError(f"--set {assignment!r}: expected key=value, e.g. --set split.imbalance=0.1")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     parts = key.strip().split(".")

@@ -302,7 +302,7 @@ def _csv_inputs(path: Path, suffixes: tuple, videos_dir) -> list:
         try:
             ids = [f"{y}_{int(float(a)):06d}_{int(float(b)):06d}"
                    for y, a, b in zip(table.youtube_id, table.time_start, table.time_end)]
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, NaN, inf
             raise UserError(f"{path}: time_start/time_end are not numbers") from None
         return [(vid, lookup(vid)) for vid in ids]
     if "path" not in columns and "video_id" not in columns:

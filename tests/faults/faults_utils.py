@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 EXTRACT_FAST = ["--set", "extract.num_frames=8", "--set", "extract.resize=72", "--set", "extract.crop=64",
                 "--set", "extract.videos_per_shard=1"]
 
-# One method, enough epochs (about 25 ms each on 2 cores, 5 s in all) to be killed in the middle.
-TRAIN_EPOCHS = 200
+# One method, enough epochs to be killed in the middle: the kills land in the first half, leaving 30 or
+# more epochs (about 25 ms each on an idle 2-core machine, 40 ms at a load of 6 with one torch thread).
+TRAIN_EPOCHS = 60
 TRAIN_FAST = ["--set", "train.method=baseline", "--set", f"train.epochs={TRAIN_EPOCHS}", "--set", "train.batch_size=8",
               "--set", "train.hidden=2048", "--set", "train.eval_every=5", "--set", "train.train_frames=6",
               "--set", "train.eval_frames=10", "--set", "train.lr=0.001"]
@@ -45,6 +47,49 @@ def cli(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     """Run ``python -m pipeline *args`` to its end; returns the CompletedProcess (text output)."""
     return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
                           env=env(), cwd=kwargs.pop("cwd", ROOT), timeout=scaled(timeout), **kwargs)
+
+
+def bounded_cli(*args, timeout=60, max_rss_mb=1500) -> subprocess.CompletedProcess:
+    """``python -m pipeline *args`` that must end within ``timeout`` s (scaled with the machine) and never
+    hold more than ``max_rss_mb`` MB resident, it and its children together (sampled every 20 ms);
+    otherwise its process group is killed and the test fails. Output goes to files, so a child that
+    prints without end cannot block on a full pipe."""
+    import psutil
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], stdout=out, stderr=err,
+                                text=True, env=env(), cwd=ROOT, start_new_session=True)
+        deadline, peak = time.monotonic() + scaled(timeout), 0.0
+        try:
+            while proc.poll() is None:
+                peak = max(peak, _tree_rss_mb(psutil, proc.pid))
+                assert peak <= max_rss_mb, f"{' '.join(map(str, args))[:300]}: over {max_rss_mb} MB resident"
+                assert time.monotonic() < deadline, f"{' '.join(map(str, args))[:300]}: still running after " \
+                                                    f"{scaled(timeout):.0f} s"
+                time.sleep(0.02)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+
+
+def _tree_rss_mb(psutil, pid: int) -> float:
+    """Resident MB of a process and its descendants (0 once it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / 2**20
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -167,6 +212,26 @@ def checkpoint_epoch(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)["epoch"]
     except Exception:
         return None
+
+
+class CheckpointEpoch:
+    """:func:`checkpoint_epoch` for polling: the file is read again only once its inode, size or mtime
+    changed (reading a 0.5 MB checkpoint every few ms would take a CPU from the child being watched)."""
+
+    def __init__(self, path: Path):
+        self.path, self.stamp, self.epoch = Path(path), None, None
+
+    def __call__(self):
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if stamp != self.stamp:
+            epoch = checkpoint_epoch(self.path)
+            if epoch is not None:  # a file that could not be read yet is read again next time
+                self.stamp, self.epoch = stamp, epoch
+        return self.epoch
 
 
 def load_checkpoint(path: Path) -> dict:

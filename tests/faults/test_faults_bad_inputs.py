@@ -244,6 +244,8 @@ LABEL_CASES = {
                                 "wrong number of fields"),
     "kinetics times not numbers": ("kinetics_csv", {"k.csv": K + "a,x,0,10,train\nb,y,zero,10,train\n"}, "k.csv", 3,
                                    "time_start/time_end are not numbers"),
+    "kinetics times infinite": ("kinetics_csv", {"k.csv": K + "a,x,0,10,train\nb,y,inf,10,train\n"}, "k.csv", 3,
+                                "time_start/time_end are not numbers"),
     "kinetics unknown class": ("kinetics_csv", {"k.csv": K + "a,x,0,10,train\nzz,y,0,10,train\n"}, "k.csv", 3,
                                "unknown class name 'zz'"),
     "kinetics duplicate id": ("kinetics_csv", {"k.csv": K + "a,x,0,10,train\nb,x,0,10,train\n"}, "k.csv", 3,

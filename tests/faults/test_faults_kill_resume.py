@@ -18,7 +18,8 @@ import pytest
 
 from extract.store import read_shard_index
 from machine_load import scaled
-from faults_utils import (EXTRACT_FAST, TRAIN_EPOCHS, TRAIN_FAST, Child, assert_same_store, checkpoint_epoch, cli,
+from faults_utils import (EXTRACT_FAST, TRAIN_EPOCHS, TRAIN_FAST, CheckpointEpoch, Child, assert_same_store,
+                          checkpoint_epoch, cli,
                           demo_args, demo_videos, load_checkpoint, log_rows, manifest, ok, same_state_dict, shards,
                           without_timing)
 
@@ -157,8 +158,8 @@ def test_sigkill_during_train_then_rerun_gives_the_uninterrupted_weights(feature
     command = ("run", "--no-progress", "--stage", "train", *args, *TRAIN_FAST)
     child = Child(tmp_path / "killed", *command)
     try:
-        child.wait_for(lambda: (checkpoint_epoch(run_dir / "last.pt") or 0) >= kill_after_epoch,
-                       what=f"last.pt at epoch {kill_after_epoch}")
+        last_epoch = CheckpointEpoch(run_dir / "last.pt")
+        child.wait_for(lambda: (last_epoch() or 0) >= kill_after_epoch, what=f"last.pt at epoch {kill_after_epoch}")
         time.sleep(extra_delay)
         child.signal(signal.SIGKILL)
         assert child.wait(timeout=scaled(30)) == -signal.SIGKILL
@@ -183,7 +184,8 @@ def test_ctrl_c_during_train_exits_130_says_how_to_resume_and_rerun_completes(fe
     command = ("run", "--no-progress", "--stage", "train", *args, *TRAIN_FAST)
     child = Child(tmp_path / "interrupted", *command)
     try:
-        child.wait_for(lambda: (checkpoint_epoch(run_dir / "last.pt") or 0) >= 3, what="last.pt at epoch 3")
+        last_epoch = CheckpointEpoch(run_dir / "last.pt")
+        child.wait_for(lambda: (last_epoch() or 0) >= 3, what="last.pt at epoch 3")
         child.signal_group(sig)  # as a terminal's Ctrl-C (or a scheduler's SIGTERM): the whole job gets it
         assert child.wait(timeout=scaled(60)) == 130
     finally:
@@ -204,19 +206,27 @@ EVALUATE_OUTPUTS = ["metrics.json", "per_class.csv", "results.md", "ap_vs_freque
 
 
 @pytest.fixture
-def trained(feature_work_dir, tmp_path):
-    """A work dir with a finished (short) training run, and an uninterrupted evaluation kept aside."""
+def trained(feature_work_dir, tmp_path_factory, tmp_path, _train_cache):
+    """A copy of a work dir with a finished (short) training run, and an uninterrupted evaluation kept
+    aside; the run and the evaluation are made once per module."""
     from pipeline.cli import main
 
+    if "evaluate" not in _train_cache:
+        base = tmp_path_factory.mktemp("evaluate-base")
+        work = base / "work"
+        args = [*feature_work_dir(work), *TRAIN_FAST, "--set", "train.epochs=5", "--no-progress"]
+        assert main(["run", "-q", "--stage", "train", *args]) == 0
+        ok(cli("run", "-q", "--stage", "evaluate", *args))
+        reference = base / "reference"
+        shutil.copytree(work / "evaluate" / "baseline", reference)
+        shutil.copy(work / "report.md", reference / "report.md")
+        shutil.rmtree(work / "evaluate")
+        (work / "report.md").unlink()
+        _train_cache["evaluate"] = work, args, reference
+    base_work, base_args, reference = _train_cache["evaluate"]
     work = tmp_path / "work"
-    args = [*feature_work_dir(work), *TRAIN_FAST, "--set", "train.epochs=5", "--no-progress"]
-    assert main(["run", "-q", "--stage", "train", *args]) == 0
-    ok(cli("run", "-q", "--stage", "evaluate", *args))
-    reference = tmp_path / "reference"
-    shutil.copytree(work / "evaluate" / "baseline", reference)
-    shutil.copy(work / "report.md", reference / "report.md")
-    shutil.rmtree(work / "evaluate")
-    (work / "report.md").unlink()
+    shutil.copytree(base_work, work)
+    args = [str(work) if a == str(base_work) else a for a in base_args]  # the --work-dir value
     return work, args, reference
 
 

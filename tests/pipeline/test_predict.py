@@ -326,3 +326,27 @@ def test_imported_feature_run_predicts_from_npy_files(tmp_path):
     assert len(whole) == len(rows) and (whole.status == "ok").all()
     with pytest.raises(UserError, match="trained on imported features"):
         Predictor.from_run(work).predict(Path(__file__))
+
+
+def test_a_picture_renamed_mp4_is_a_failed_row_with_its_reason(trained, tmp_path):
+    from PIL import Image
+
+    from pipeline.predict import Predictor
+
+    ids, expected = evaluated(trained, "baseline")
+    still = tmp_path / "holiday.mp4"
+    Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8)).save(still, format="PNG")
+    table = Predictor.from_run(trained.work, "baseline").predict([still, trained.labels.path[ids[0]]])
+    assert table.status.tolist() == ["failed", "ok"]
+    assert table.error[0] == "a still image (png), not a video" and table.predicted[0] == []
+    np.testing.assert_allclose(table.loc[1, trained.names].to_numpy(float), expected[0], rtol=1e-6)
+
+
+def test_csv_inputs_with_times_that_are_not_finite_numbers_are_one_error(tmp_path):
+    from pipeline.predict import resolve_inputs
+
+    for start in ("inf", "nan", "soon"):
+        csv = tmp_path / f"{start}.csv"
+        csv.write_text(f"youtube_id,time_start,time_end\nabc,{start},10\n")
+        with pytest.raises(UserError, match="time_start/time_end are not numbers"):
+            resolve_inputs(csv, videos_dir=tmp_path)
