@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 EXTRACT_FAST = ["--set", "extract.num_frames=8", "--set", "extract.resize=72", "--set", "extract.crop=64",
                 "--set", "extract.videos_per_shard=1"]
 
-# One method, enough epochs to be killed in the middle: the kills land in the first half, leaving 30 or
+# One method, enough epochs to be killed in the middle: the kills land in the first half, leaving 50 or
 # more epochs (about 25 ms each on an idle 2-core machine, 40 ms at a load of 6 with one torch thread).
-TRAIN_EPOCHS = 60
+TRAIN_EPOCHS = 100
 TRAIN_FAST = ["--set", "train.method=baseline", "--set", f"train.epochs={TRAIN_EPOCHS}", "--set", "train.batch_size=8",
               "--set", "train.hidden=2048", "--set", "train.eval_every=5", "--set", "train.train_frames=6",
               "--set", "train.eval_frames=10", "--set", "train.lr=0.001"]
@@ -97,6 +97,14 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return proc
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before exec: Ctrl-C (SIGINT) back to its default. A test run started in the background
+    of a script ignores SIGINT, and an ignored signal stays ignored in every process started from it, so
+    a child would never see the Ctrl-C these tests send (Python installs its handler only where SIGINT is
+    not ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Child:
     """``python -m pipeline *args`` started in its own session (process group), output to files."""
 
@@ -105,7 +113,8 @@ class Child:
         self.out_path, self.err_path = log_dir / "stdout.txt", log_dir / "stderr.txt"
         self._out, self._err = open(self.out_path, "w"), open(self.err_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], stdout=self._out,
-                                     stderr=self._err, env=env(), cwd=ROOT, start_new_session=True)
+                                     stderr=self._err, env=env(), cwd=ROOT, start_new_session=True,
+                                     preexec_fn=_as_from_a_terminal)
         self.pid = self.proc.pid
 
     def running(self) -> bool:
