@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 from typing import Optional
 
 from manifests.errors import UserError
@@ -34,6 +36,8 @@ def connect(address: Optional[str], setting: str, num_cpus: int, instead: str):
         return ray, False
     if address:
         check_listening(address, setting)
+    main_thread = threading.current_thread() is threading.main_thread()
+    on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
         if address:
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
@@ -41,6 +45,8 @@ def connect(address: Optional[str], setting: str, num_cpus: int, instead: str):
             ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
         raise UserError(connect_failure(address, setting, exc)) from None
+    if on_sigterm is not None:  # Ray's core worker aborts on SIGTERM; the CLI stops cleanly and resumably
+        signal.signal(signal.SIGTERM, on_sigterm)
     return ray, True
 
 

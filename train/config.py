@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from train import registry
 
 HEADS = ("lateavg", "aggregators")
+DISPATCH_KEYS = ("parallel", "ray_address", "slots")  # how runs are scheduled, never what they compute
 
 
 class TrainConfig(BaseModel):
@@ -49,6 +50,13 @@ class TrainConfig(BaseModel):
                              "(at most the CPUs per process: VLTR_CPUS or detected)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="autocast on GPU")
+    # How the runs of a method list x seeds are dispatched: not part of any run's identity (DISPATCH_KEYS).
+    parallel: Literal["none", "ray"] = Field("none", description="none: the runs one after another; ray: as "
+                                             "Ray tasks at once, one per GPU, else one per CPU slot")
+    ray_address: str | None = Field(None, description="train.parallel=ray: empty = a local Ray; 'auto' or "
+                                    "host:port = a cluster")
+    slots: int | None = Field(None, ge=1, description="train.parallel=ray without GPUs: runs at once (default: "
+                              "one per CPU, at most the number of runs); each trains on CPUs / slots threads")
 
     @field_validator("method")
     @classmethod
