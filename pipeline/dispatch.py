@@ -82,7 +82,7 @@ def train_in_parallel(runs: list, work_dir: Path, options, run_stage: Callable) 
 
 
 def _collect(ray, pending: dict) -> dict:
-    """Wait for every task; a failed run is logged and the first failure raised once all ended. On
+    """Wait for every task; once all ended, the first failure is raised (and any other logged). On
     Ctrl-C the tasks are cancelled (their runs resume from ``last.pt`` next time)."""
     outcome, failed, total = {}, [], len(pending)
     try:
@@ -93,14 +93,13 @@ def _collect(ray, pending: dict) -> dict:
                 outcome[f"train/{name}"] = ray.get(ref)
                 log.info("train/%s finished (%d of %d runs ended)", name, total - len(pending), total)
             except Exception as exc:  # the run's own error, as Ray hands it back
-                cause = getattr(exc, "cause", None) or exc
-                log.error("train/%s failed: %s: %s", name, type(cause).__name__, str(cause).splitlines()[0]
-                          if str(cause) else "")
-                failed.append((name, cause))
+                failed.append((name, getattr(exc, "cause", None) or exc))
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
+    for name, cause in failed[1:]:
+        log.error("train/%s failed: %s: %s", name, type(cause).__name__, (str(cause) or "?").splitlines()[0])
     if failed:
         name, cause = failed[0]
         others = f" ({len(failed) - 1} more failed run(s) logged above)" if len(failed) > 1 else ""

@@ -23,7 +23,6 @@ from manifests.manifest import config_hash, read_manifest
 from pipeline.config import Config, group_thresholds, run_name, split_profile, split_seed
 from pipeline.formats import demo_root, read_dataset
 from train import registry as method_registry
-from train.config import DISPATCH_KEYS
 
 log = logging.getLogger("pipeline")
 
@@ -195,7 +194,8 @@ def method_train_config(cfg: Config):
 
 def train_settings(cfg: Config) -> dict:
     """The train config a run depends on, with the sections it reads (move, medc) when it has any."""
-    settings = {**method_train_config(cfg).model_dump(exclude=set(DISPATCH_KEYS)), "seed": cfg.seed}
+    train = method_train_config(cfg)
+    settings = {**train.model_dump(exclude=set(train.DISPATCH_KEYS)), "seed": cfg.seed}
     settings.update({name: section.model_dump() for name, section in method_sections(cfg).items()})
     return settings
 

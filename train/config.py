@@ -7,14 +7,13 @@ evaluation frames, evaluation every 5 epochs.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from train import registry
 
 HEADS = ("lateavg", "aggregators")
-DISPATCH_KEYS = ("parallel", "ray_address", "slots")  # how runs are scheduled, never what they compute
 
 
 class TrainConfig(BaseModel):
@@ -57,6 +56,7 @@ class TrainConfig(BaseModel):
                                     "host:port = a cluster")
     slots: int | None = Field(None, ge=1, description="train.parallel=ray without GPUs: runs at once (default: "
                               "one per CPU, at most the number of runs); each trains on CPUs / slots threads")
+    DISPATCH_KEYS: ClassVar[tuple] = ("parallel", "ray_address", "slots")  # how runs are scheduled, not what
 
     @field_validator("method")
     @classmethod

@@ -82,7 +82,7 @@ class Node:
     def stop(self) -> None:
         """SIGTERM the session's processes, SIGKILL what is left after a grace period (as `ray stop`
         does, for this node only)."""
-        for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):  # GCS and `ray start` ignore SIGTERM
             for p in self.session():
                 try:
                     p.send_signal(sig)

@@ -94,3 +94,11 @@ def test_compose_passes_the_token_settings_to_every_service():
         assert env["RAY_AUTH_MODE"] == "${RAY_AUTH_MODE:-token}", name
         assert env["RAY_AUTH_TOKEN_PATH"] == "${RAY_AUTH_TOKEN_PATH:-/work/.ray/auth_token}", name
         assert env["RAY_AUTH_TOKEN"] == "${RAY_AUTH_TOKEN:-}", name
+
+
+def test_compose_train_runs_job_dispatches_on_the_cluster_through_the_entry_script():
+    service = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]["train-runs"]
+    assert "entrypoint" not in service  # the image's entry script: the driver gets the cluster's token
+    command = service["command"]
+    assert command[:2] == ["run", "--config"] and "train.parallel=ray" in command
+    assert "train.ray_address=${RAY_HEAD_ADDRESS:-127.0.0.1:6379}" in command

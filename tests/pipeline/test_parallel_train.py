@@ -21,7 +21,8 @@ from pipeline.stages import RunOptions, train_settings
 
 ray = pytest.importorskip("ray")
 
-TINY = ["--config", "lt_bench", "--set", "dataset.synthetic.num_classes=8", "--set", "dataset.synthetic.max_per_class=12",
+TINY = ["--config", "lt_bench", "--set", "dataset.synthetic.num_classes=8",
+        "--set", "dataset.synthetic.max_per_class=12",
         "--set", "dataset.synthetic.imbalance=6", "--set", "dataset.synthetic.dim=12",
         "--set", "dataset.synthetic.frames_min=4", "--set", "dataset.synthetic.frames_max=6",
         "--set", "train.epochs=3", "--set", "train.eval_every=1", "--set", "train.batch_size=16",
