@@ -10,13 +10,12 @@ only a video that was running each time its actor crashed, MAX_MODEL_ATTEMPTS ti
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import NamedTuple, Optional
 
 import numpy as np
 
-from manifests import resources
+from manifests import ray_cluster, resources
 from manifests.errors import UserError
 
 from .config import ExtractConfig
@@ -143,25 +142,11 @@ class RayRunner:
         return descs[0]
 
     def _connect(self):
-        """The ray module, initialised: the cluster at extract.ray_address, else a local Ray."""
-        try:
-            import ray
-        except ImportError:
-            raise UserError("extract.runner=ray needs the 'ray' package (pip install 'ray>=2.50,<3'), "
-                            "or use extract.runner=inprocess") from None
+        """The ray module, initialised: the cluster at extract.ray_address, else a local Ray offering this
+        process's CPU budget (not the host's core count)."""
+        ray, self._we_started_ray = ray_cluster.connect(self.cfg.ray_address, "extract.ray_address",
+                                                        resources.available_cpus(), "extract.runner=inprocess")
         self._ray = ray
-        if not ray.is_initialized():
-            try:
-                if self.cfg.ray_address:
-                    ray.init(address=self.cfg.ray_address, include_dashboard=False, logging_level=logging.WARNING)
-                else:
-                    # a local Ray gets this process's CPU budget, not the host's core count
-                    ray.init(num_cpus=resources.available_cpus(), include_dashboard=False,
-                             logging_level=logging.WARNING)
-            except ConnectionError as e:
-                raise UserError(f"extract.ray_address={self.cfg.ray_address!r}: cannot connect to a Ray cluster "
-                                f"({e}); start one (ray start --head) or leave extract.ray_address empty") from None
-            self._we_started_ray = True
         return ray
 
     def run(self, todo: list, sink, stop) -> None:

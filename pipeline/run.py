@@ -111,11 +111,33 @@ def _run_pipeline(cfg: Config, stage: str, options: RunOptions | None) -> dict:
     names = ORDER if stage == "all" else (stage,)
     outcome = {}
     for name in names:
+        if name == "train" and cfg.train.parallel == "ray":
+            outcome.update(_train_runs_at_once(single_runs(cfg), work_dir, options, prepare=stage != "all"))
+            continue
         for run_cfg in (single_runs(cfg) if STAGES[name].per_run else [cfg]):
             if stage != "all":
                 _prepare_upstream(name, run_cfg, work_dir, options)
             where = location(name, run_name(run_cfg) if STAGES[name].per_run else None)
             outcome[where] = _run_stage(name, run_cfg, work_dir, options)
+    return outcome
+
+
+def _train_runs_at_once(runs: list, work_dir: Path, options: RunOptions, prepare: bool) -> dict:
+    """train.parallel=ray: the runs that are up to date are skipped here, the others are Ray tasks
+    (``prepare``: check each run's upstream first, as a single stage does)."""
+    from pipeline.dispatch import train_in_parallel
+
+    outcome, todo = {}, []
+    for run_cfg in runs:
+        if prepare:
+            _prepare_upstream("train", run_cfg, work_dir, options)
+        state = stage_state("train", run_cfg, work_dir, run_name(run_cfg))
+        if state.fresh and not options.force:
+            outcome[location("train", run_name(run_cfg))] = _run_stage("train", run_cfg, work_dir, options)
+        else:
+            todo.append(run_cfg)
+    if todo:
+        outcome.update(train_in_parallel(todo, work_dir, options, _run_stage))
     return outcome
 
 

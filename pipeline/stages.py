@@ -194,7 +194,8 @@ def method_train_config(cfg: Config):
 
 def train_settings(cfg: Config) -> dict:
     """The train config a run depends on, with the sections it reads (move, medc) when it has any."""
-    settings = {**method_train_config(cfg).model_dump(), "seed": cfg.seed}
+    train = method_train_config(cfg)
+    settings = {**train.model_dump(exclude=set(train.DISPATCH_KEYS)), "seed": cfg.seed}
     settings.update({name: section.model_dump() for name, section in method_sections(cfg).items()})
     return settings
 

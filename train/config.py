@@ -7,7 +7,7 @@ evaluation frames, evaluation every 5 epochs.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -51,6 +51,14 @@ class TrainConfig(BaseModel):
                              "(at most the CPUs per process: VLTR_CPUS or detected)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="autocast on GPU")
+    # How the runs of a method list x seeds are dispatched: not part of any run's identity (DISPATCH_KEYS).
+    parallel: Literal["none", "ray"] = Field("none", description="none: the runs one after another; ray: as "
+                                             "Ray tasks at once, one per GPU, else one per CPU slot")
+    ray_address: str | None = Field(None, description="train.parallel=ray: empty = a local Ray; 'auto' or "
+                                    "host:port = a cluster")
+    slots: int | None = Field(None, ge=1, description="train.parallel=ray without GPUs: runs at once (default: "
+                              "one per CPU, at most the number of runs); each trains on CPUs / slots threads")
+    DISPATCH_KEYS: ClassVar[tuple] = ("parallel", "ray_address", "slots")  # how runs are scheduled, not what
 
     @field_validator("method")
     @classmethod

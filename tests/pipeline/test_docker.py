@@ -265,7 +265,7 @@ def run_entry(tmp_path: Path, *args: str, fake: str = "ray", **env) -> subproces
 
 
 def test_ray_worker_joins_the_head_with_the_cpu_budget(tmp_path):
-    result = run_entry(tmp_path, "ray-worker", RAY_HEAD_ADDRESS="10.0.0.5:6379", VLTR_CPUS="3")
+    result = run_entry(tmp_path, "ray-worker", RAY_HEAD_ADDRESS="10.0.0.5:6379", VLTR_CPUS="3", RAY_AUTH_TOKEN="t")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1] == "start --address=10.0.0.5:6379 --num-cpus=3 --block"
 
@@ -277,7 +277,7 @@ def test_ray_worker_needs_the_head_address(tmp_path):
 
 def test_ray_head_options(tmp_path):
     result = run_entry(tmp_path, "ray-head", "--num-gpus=0", RAY_NUM_CPUS="0", RAY_NODE_IP="10.0.0.9",
-                       RAY_PORT="7000")
+                       RAY_PORT="7000", RAY_AUTH_TOKEN="t")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1] == ("start --head --port=7000 --dashboard-host=0.0.0.0 --num-cpus=0 "
                                              "--node-ip-address=10.0.0.9 --block --num-gpus=0")
