@@ -8,11 +8,11 @@ line with exit status 2, from a process that stays within generous time and memo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from bundle_testutils import rewrite_bundle
 from faults_utils import bounded_cli, one_error
 
 pytestmark = pytest.mark.faults
@@ -129,19 +129,6 @@ def huge_num_frames(meta: dict) -> None:
     meta["features"]["extract"].update(num_frames=10**9)
 
 
-def edited(source: Path, target: Path, change) -> Path:
-    """A copy of a bundle whose JSON description went through ``change(meta)`` (tensors untouched)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    with safe_open(str(source), framework="pt") as handle:
-        meta = json.loads(handle.metadata()["vltr_bundle"])
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    change(meta)
-    save_file(tensors, str(target), metadata={"vltr_bundle": json.dumps(meta)})
-    return target
-
-
 def add_a_class(meta: dict) -> None:
     """One more class everywhere in the description (names, counts, groups, thresholds): consistent, but
     the weights still score 4 classes."""
@@ -182,7 +169,7 @@ MALFORMED_EDITS = {
 @pytest.mark.parametrize("case", list(SIZE_EDITS))
 def test_bundle_with_an_absurd_size_is_one_error_within_time_and_memory(bundle, _bundle_cache, tmp_path, case):
     change, expected = SIZE_EDITS[case]
-    path = edited(bundle, tmp_path / "edited.safetensors", change)
+    path = rewrite_bundle(bundle, tmp_path / "edited.safetensors", change)
     result = bounded_cli("predict", "--bundle", path, "--no-progress", _bundle_cache["clip"],
                          max_rss_mb=TORCH_MB)
     refused(result, f"error: {path}: ", *expected)
@@ -193,7 +180,7 @@ def test_bundle_with_a_malformed_description_is_one_error(bundle, _bundle_cache,
     from pipeline.cli import main
 
     change, expected = MALFORMED_EDITS[case]
-    path = edited(bundle, tmp_path / "edited.safetensors", change)
+    path = rewrite_bundle(bundle, tmp_path / "edited.safetensors", change)
     assert main(["predict", "--bundle", str(path), "--no-progress", str(_bundle_cache["clip"])]) == 2
     one_error(capsys.readouterr().err, f"error: {path}: ", *expected)
 
@@ -221,7 +208,7 @@ def test_aggregator_clusters_are_checked_against_the_weights(bundle, _bundle_cac
                           16, 4, meta["classes"]["train_counts"], {"move": MoveConfig(**move)}).model
     good = save_bundle(ModelBundle(meta, model.state_dict()), tmp_path / "agg.safetensors")
     assert load_bundle(good).build_model() is not None
-    path = edited(good, tmp_path / "clusters.safetensors", lambda m: m["settings"]["move"].update(clusters=10**6))
+    path = rewrite_bundle(good, tmp_path / "clusters.safetensors", lambda m: m["settings"]["move"].update(clusters=10**6))
     result = bounded_cli("predict", "--bundle", path, "--no-progress", _bundle_cache["clip"],
                          max_rss_mb=TORCH_MB)
     refused(result, f"error: {path}: the baseline head for feature_dim 16 and 4 classes", "does not fit its weights")

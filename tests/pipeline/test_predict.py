@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bundle_testutils import rewrite_bundle
 from manifests.errors import UserError
 from pipeline.cli import main
 from pipeline.demo_data import DemoSpec, generate_demo
@@ -216,18 +217,6 @@ def test_bundle_round_trip_predicts_without_the_work_dir(trained, capsys, tmp_pa
     finally:
         hidden.rename(trained.work)
     pd.testing.assert_frame_equal(from_bundle, from_run)
-
-
-def rewrite_bundle(source: Path, target: Path, change) -> Path:
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    with safe_open(str(source), framework="pt") as handle:
-        meta = json.loads(handle.metadata()["vltr_bundle"])
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    change(meta)
-    save_file(tensors, str(target), metadata={"vltr_bundle": json.dumps(meta)})
-    return target
 
 
 def test_bad_bundles_and_weights_are_one_line_errors(trained, capsys, tmp_path):
