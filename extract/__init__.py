@@ -10,7 +10,6 @@ Public API (import the submodules; this package stays light because decode worke
     extract.encoder.encoder_from_config(cfg)  the FrameEncoder of an ExtractConfig (runners, predict)
     extract.inprocess.run_inprocess(cfg, encoder, todo, sink, stop)  decode + embed videos into any sink
                                         with ok(id, features, meta) / fail(id, reason, meta) (predict)
-    extract.bench.bench_extract / bench_store
 
 Feature store: the shared ground of the stages. The extract stage writes it; training,
 predict/export and the benchmarks read it, and all of them use only the API that extract/store.py
@@ -30,5 +29,5 @@ Modules, with imports pointing one way (stage -> runners -> jobs -> store; no ru
     decode.py       decoding + preprocessing in killable worker processes (no torch)
     sampling.py     frame indices (fixed count or fps)
     registry.py, backbones.py, encoder.py   backbones and the frame encoder (torch)
-    config.py       ExtractConfig;  bench.py  the extract and store benchmarks
+    config.py       ExtractConfig (the benchmarks are in pipeline/bench/extract_bench.py)
 """

@@ -250,7 +250,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_demo_data(args) -> int:
-    from pipeline.demo_data import generate_demo
+    from pipeline.data.demo_data import generate_demo
 
     out = generate_demo(Path(args.out), seed=args.seed, progress=True)
     log.info("demo videos and labels in %s", out)
@@ -280,12 +280,12 @@ def cmd_bench(args) -> int:
     import json
 
     from manifests.files import write_text_atomic
-    from pipeline.benchmarks import kept_sections, render, run_benchmark
+    from pipeline.bench.benchmarks import kept_sections, render, run_benchmark
 
     if args.what == "scale":
         return _bench_scale(args)
     if args.what == "gpu":
-        from pipeline.gpu_check import main as gpu_check
+        from pipeline.bench.gpu_check import main as gpu_check
 
         return gpu_check()
     names = IN_BENCH_ALL if args.what == "all" else (args.what,)
@@ -309,8 +309,8 @@ def _bench_scale(args) -> int:
     """`bench scale`: one JSON line, then the Scale section into --out (or on stdout)."""
     import json
 
-    from pipeline.benchmarks import scale_report
-    from pipeline.scale_bench import DEFAULT_SIZES, bench_scale, render_scale
+    from pipeline.bench.benchmarks import scale_report
+    from pipeline.bench.scale_bench import DEFAULT_SIZES, bench_scale, render_scale
 
     if args.out is None:
         result = bench_scale(args.sizes or DEFAULT_SIZES, root=args.scale_dir, probe={})
@@ -329,7 +329,7 @@ def _trained_work_dir(args) -> Path:
 
 
 def cmd_predict(args) -> int:
-    from pipeline.predict import Predictor, format_table, output_format, write_predictions
+    from pipeline.serve.predict import Predictor, format_table, output_format, write_predictions
 
     if args.bundle and args.method:
         raise UserError("--method picks a run of a work dir; a bundle holds one model")
@@ -356,7 +356,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from pipeline.predict import Predictor
+    from pipeline.serve.predict import Predictor
 
     predictor = Predictor.from_run(_trained_work_dir(args), args.method, args.device)
     path = predictor.export(args.out)

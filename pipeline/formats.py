@@ -47,21 +47,21 @@ def demo_root(cfg) -> Path:
 
 
 def _demo(cfg, progress: bool) -> datasets.Dataset:
-    from pipeline.demo_data import generate_demo
+    from pipeline.data.demo_data import generate_demo
 
     root = generate_demo(demo_root(cfg), seed=cfg.dataset.demo_seed, progress=progress)
     return datasets.read_generic_csv(root / "labels.csv", root / "class_names.txt")
 
 
 def _synthetic(cfg, progress: bool) -> datasets.Dataset:
-    from pipeline.synthetic_data import generate_synthetic
+    from pipeline.data.synthetic_data import generate_synthetic
 
     root = generate_synthetic(demo_root(cfg), cfg.dataset.synthetic, progress=progress)
     return datasets.read_generic_csv(root / "labels.csv", root / "class_names.txt")
 
 
 def _synthetic_thresholds(cfg) -> tuple:
-    from pipeline.synthetic_data import group_thresholds
+    from pipeline.data.synthetic_data import group_thresholds
 
     return group_thresholds(cfg.dataset.synthetic)
 

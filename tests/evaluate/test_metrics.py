@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from evaluate import metrics
-from evaluate.bench import make_data, reference_ap_loop
+from pipeline.bench.evaluate_bench import make_data, reference_ap_loop
 from evaluate.metrics import average_precision, compute, top_k_hits
 
 # --------------------------------------------------------------------------------------------

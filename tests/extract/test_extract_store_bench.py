@@ -67,7 +67,7 @@ def test_writer_refuses_nan(tmp_path):
 
 
 def test_bench_store_small(tmp_path):
-    from extract.bench import bench_store
+    from pipeline.bench.extract_bench import bench_store
 
     r = bench_store(str(tmp_path), num_videos=12, frames=20, dim=16, batch_videos=4, sample_frames=6, batches=2,
                     repeats=3)
@@ -77,7 +77,7 @@ def test_bench_store_small(tmp_path):
 
 @pytest.mark.slow
 def test_bench_extract_small(tmp_path):
-    from extract.bench import bench_extract
+    from pipeline.bench.extract_bench import bench_extract
 
     r = bench_extract(str(tmp_path), num_videos=2, seconds=1.0, width=96, height=64, num_frames=4, resize=72, crop=64,
                       repeats=3, long_seconds=(1.0, 2.0), long_size=(128, 96))

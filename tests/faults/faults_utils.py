@@ -177,7 +177,7 @@ class Child:
 
 def demo_videos(out_dir: Path) -> Path:
     """A small demo set of real H.264 clips (about 22 videos of 8 frames, 4 classes), csv format."""
-    from pipeline.demo_data import DemoSpec, generate_demo
+    from pipeline.data.demo_data import DemoSpec, generate_demo
 
     spec = DemoSpec(num_objects=2, directions=("left", "right"), max_train_per_class=6, min_train_per_class=2,
                     val_per_class=1, test_per_class=1, frames=8, size=64, distractor_frames=1)

@@ -186,7 +186,7 @@ def test_bundle_with_a_malformed_description_is_one_error(bundle, _bundle_cache,
 
 
 def test_the_unedited_bundle_passes_the_same_checks(bundle):
-    from pipeline.bundle import load_bundle
+    from pipeline.serve.bundle import load_bundle
 
     loaded = load_bundle(bundle)
     assert loaded.meta["feature_dim"] == 16 and len(loaded.class_names) == 4
@@ -196,7 +196,7 @@ def test_the_unedited_bundle_passes_the_same_checks(bundle):
 def test_aggregator_clusters_are_checked_against_the_weights(bundle, _bundle_cache, tmp_path):
     """A head with NetVLAD clusters (baseline on MOVE's aggregators): the described clusters must be the
     tensors' (the check builds the head on the meta device, so 10**6 clusters allocate nothing)."""
-    from pipeline.bundle import ModelBundle, load_bundle, save_bundle
+    from pipeline.serve.bundle import ModelBundle, load_bundle, save_bundle
     from train import methods
     from train.config import MoveConfig, TrainConfig
 

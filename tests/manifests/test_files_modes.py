@@ -6,7 +6,7 @@ import stat
 import pytest
 
 from manifests.files import write_text_atomic
-from pipeline.synthetic_data import SyntheticSpec, generate_synthetic
+from pipeline.data.synthetic_data import SyntheticSpec, generate_synthetic
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from bundle_testutils import rewrite_bundle
 from manifests.errors import UserError
 from pipeline.cli import main
-from pipeline.demo_data import DemoSpec, generate_demo
+from pipeline.data.demo_data import DemoSpec, generate_demo
 
 SPEC = DemoSpec(num_objects=3, directions=("left", "right"), max_train_per_class=10, min_train_per_class=3,
                 val_per_class=4, test_per_class=4, frames=8, size=64, distractor_frames=1)
@@ -80,7 +80,7 @@ def macro_f1(predicted: np.ndarray, truth: np.ndarray) -> float:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_predict_from_raw_videos_gives_the_evaluate_stage_scores(trained, method):
-    from pipeline.predict import Predictor
+    from pipeline.serve.predict import Predictor
 
     ids, expected = evaluated(trained, method)
     predictor = Predictor.from_run(trained.work, method)
@@ -130,7 +130,7 @@ def test_jsonl_and_parquet_outputs_hold_every_class_score(trained, capsys, tmp_p
 
 
 def test_folder_and_csv_inputs(trained, tmp_path):
-    from pipeline.predict import Predictor
+    from pipeline.serve.predict import Predictor
 
     ids, expected = evaluated(trained, "baseline")
     folder = tmp_path / "clips"
@@ -152,7 +152,7 @@ def test_folder_and_csv_inputs(trained, tmp_path):
 # ------------------------------------------------------------------------------ thresholds
 
 def test_f1_thresholds_on_hand_made_scores():
-    from pipeline.bundle import f1_thresholds
+    from pipeline.serve.bundle import f1_thresholds
 
     scores = np.array([[0.9, 0.6, 0.3], [0.8, 0.6, 0.2], [0.7, 0.1, 0.1], [0.2, 0.1, 0.0]], dtype=np.float32)
     truth = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]])
@@ -162,7 +162,7 @@ def test_f1_thresholds_on_hand_made_scores():
 
 
 def test_val_thresholds_are_stored_and_beat_half_on_the_test_split(trained):
-    from pipeline.predict import Predictor
+    from pipeline.serve.predict import Predictor
 
     ids, expected = evaluated(trained, "baseline")
     predictor = Predictor.from_run(trained.work, "baseline")
@@ -177,7 +177,7 @@ def test_val_thresholds_are_stored_and_beat_half_on_the_test_split(trained):
 
 
 def test_val_thresholds_maximise_f1_on_the_validation_videos(trained):
-    from pipeline.predict import Predictor
+    from pipeline.serve.predict import Predictor
 
     predictor = Predictor.from_run(trained.work, "medc")
     values = predictor.thresholds("val")
@@ -194,7 +194,7 @@ def test_val_thresholds_maximise_f1_on_the_validation_videos(trained):
 def test_bundle_round_trip_predicts_without_the_work_dir(trained, capsys, tmp_path):
     from safetensors import safe_open
 
-    from pipeline.predict import Predictor
+    from pipeline.serve.predict import Predictor
 
     bundle = tmp_path / "medc.safetensors"
     code, _, err = cli(capsys, "export", "--work-dir", str(trained.work), "--method", "medc", "--out", str(bundle))
@@ -287,7 +287,7 @@ def test_npy_files_are_refused_by_a_video_model(trained, capsys, tmp_path):
 # ------------------------------------------------------------------------------ imported features
 
 def test_imported_feature_run_predicts_from_npy_files(tmp_path):
-    from pipeline.predict import Predictor
+    from pipeline.serve.predict import Predictor
 
     rng = np.random.default_rng(0)
     features, rows = tmp_path / "features", []
@@ -320,7 +320,7 @@ def test_imported_feature_run_predicts_from_npy_files(tmp_path):
 def test_a_picture_renamed_mp4_is_a_failed_row_with_its_reason(trained, tmp_path):
     from PIL import Image
 
-    from pipeline.predict import Predictor
+    from pipeline.serve.predict import Predictor
 
     ids, expected = evaluated(trained, "baseline")
     still = tmp_path / "holiday.mp4"
@@ -332,7 +332,7 @@ def test_a_picture_renamed_mp4_is_a_failed_row_with_its_reason(trained, tmp_path
 
 
 def test_csv_inputs_with_times_that_are_not_finite_numbers_are_one_error(tmp_path):
-    from pipeline.predict import resolve_inputs
+    from pipeline.serve.predict import resolve_inputs
 
     for start in ("inf", "nan", "soon"):
         csv = tmp_path / f"{start}.csv"

@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from pipeline.benchmarks import kept_sections, with_scale_section
-from pipeline.scale_bench import SCALE_HEADING, bench_scale, growth_exponent, render_scale, scale_spec
-from pipeline.synthetic_data import train_profile
+from pipeline.bench.benchmarks import kept_sections, with_scale_section
+from pipeline.bench.scale_bench import SCALE_HEADING, bench_scale, growth_exponent, render_scale, scale_spec
+from pipeline.data.synthetic_data import train_profile
 
 
 def test_growth_exponent_against_hand_computed_examples():

@@ -1,6 +1,6 @@
 """bench train runs every method's step and reports parameter counts (no timing assertions)."""
 
-from train.bench import bench_train
+from pipeline.bench.train_bench import bench_train
 from train.models import NonlinearClassifier
 
 

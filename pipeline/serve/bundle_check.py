@@ -3,7 +3,7 @@
 A bundle is a file someone hands over, so its JSON description is untrusted. :func:`check_bundle`
 refuses, in one line naming the key, a description that
 
-1. is not shaped as :func:`pipeline.bundle.bundle_from_run` writes it (:class:`BundleMeta`);
+1. is not shaped as :func:`pipeline.serve.bundle.bundle_from_run` writes it (:class:`BundleMeta`);
 2. holds settings a run would refuse: ``settings`` and ``features.extract`` are validated by the run
    configuration's own models (:func:`pipeline.config.validate`);
 3. sets a size that costs time or memory per video beyond :data:`PLAUSIBLE` (frames per video, image

@@ -1,6 +1,6 @@
 """Use a trained model: class scores of new raw videos (or .npy features), from a run or a bundle.
 
-    from pipeline.predict import Predictor
+    from pipeline.serve.predict import Predictor
 
     predictor = Predictor.from_run("runs/demo")          # or Predictor.from_bundle("model.safetensors")
     table = predictor.predict(["clip.mp4", "more_videos/"], threshold="val")
@@ -25,7 +25,7 @@ import pandas as pd
 from manifests.datasets import VIDEO_EXTENSIONS, index_video_files
 from manifests.errors import UserError
 from manifests.files import atomic_path
-from pipeline.bundle import ModelBundle, bundle_from_run, calibrate, load_bundle, save_bundle, train_config
+from pipeline.serve.bundle import ModelBundle, bundle_from_run, calibrate, load_bundle, save_bundle, train_config
 
 log = logging.getLogger("pipeline")
 

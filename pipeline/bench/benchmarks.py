@@ -17,10 +17,12 @@ from datetime import date
 from importlib import import_module
 from pathlib import Path
 
-from pipeline.markdown import markdown_table
+from manifests.markdown import markdown_table
 
-BENCHMARKS = {"evaluate": ("evaluate.bench", "bench_evaluate"), "store": ("extract.bench", "bench_store"),
-              "extract": ("extract.bench", "bench_extract"), "train": ("train.bench", "bench_train")}
+BENCHMARKS = {"evaluate": ("pipeline.bench.evaluate_bench", "bench_evaluate"),
+              "store": ("pipeline.bench.extract_bench", "bench_store"),
+              "extract": ("pipeline.bench.extract_bench", "bench_extract"),
+              "train": ("pipeline.bench.train_bench", "bench_train")}
 
 
 def run_benchmark(name: str) -> dict:
@@ -113,7 +115,7 @@ def _section_span(text: str, heading: str):
 def kept_sections(previous: str) -> str:
     """What `bench all` keeps of an earlier report: the Scale section (measured by `bench scale`,
     which takes an hour) when there is one, then the long-tailed methods section."""
-    from pipeline.scale_bench import SCALE_HEADING
+    from pipeline.bench.scale_bench import SCALE_HEADING
 
     span = _section_span(previous, SCALE_HEADING)
     scale = previous[span[0]:span[1]].strip() + "\n\n" if span else ""
@@ -123,7 +125,7 @@ def kept_sections(previous: str) -> str:
 def with_scale_section(previous: str, section: str) -> str:
     """``previous`` (the report) with its Scale section replaced by ``section`` (a ``### Notes``
     subsection of the old one is kept), or inserted before the methods section."""
-    from pipeline.scale_bench import SCALE_HEADING
+    from pipeline.bench.scale_bench import SCALE_HEADING
 
     if not previous.strip():
         return render({}, section.strip() + "\n\n" + METHODS_NOTE)
@@ -139,9 +141,9 @@ def with_scale_section(previous: str, section: str) -> str:
 
 
 def scale_report(out: Path, sizes=None, scale_dir: str | None = None) -> dict:
-    """`bench scale`: measure (see :mod:`pipeline.scale_bench`) and rewrite the Scale section of ``out``."""
+    """`bench scale`: measure (see :mod:`pipeline.bench.scale_bench`) and rewrite the Scale section of ``out``."""
     from manifests.files import write_text_atomic
-    from pipeline.scale_bench import DEFAULT_SIZES, bench_scale, render_scale
+    from pipeline.bench.scale_bench import DEFAULT_SIZES, bench_scale, render_scale
 
     result = bench_scale(sizes or DEFAULT_SIZES, root=scale_dir, probe={})
     previous = out.read_text(encoding="utf-8") if out.is_file() else ""

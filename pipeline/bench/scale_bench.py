@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.markdown import markdown_table
+from manifests.markdown import markdown_table
 
 # VideoLT (Zhang et al., ICCV 2021): videos per split, classes, train imbalance, multi-label share.
 VIDEOLT = {"train": 179_334, "val": 25_619, "test": 51_239, "classes": 1004, "imbalance": 43.0,
@@ -44,7 +44,7 @@ def scale_spec(n_train: int, frames: int = 8, dim: int = 64, classes: int = VIDE
     ``max_per_class`` (the head class's count) is the smallest whose exponential profile over
     ``classes`` classes holds at least ``n_train`` videos; val/test keep VideoLT's proportions to train.
     """
-    from pipeline.synthetic_data import SyntheticSpec, train_profile
+    from pipeline.data.synthetic_data import SyntheticSpec, train_profile
 
     base = SyntheticSpec(num_classes=classes, imbalance=VIDEOLT["imbalance"], max_per_class=1,
                          val_fraction=VIDEOLT["val"] / VIDEOLT["train"],
@@ -103,7 +103,7 @@ def disk_usage(path: Path) -> dict:
 def stage_commands(config_file: Path, spec_file: Path, data_dir: Path) -> list:
     """``(stage name, command, folder whose disk use it adds)`` in pipeline order."""
     run = [sys.executable, "-m", "pipeline", "run", "--config", str(config_file), "--no-progress", "-q"]
-    generate = [sys.executable, "-c", "import sys; from pathlib import Path; from pipeline.synthetic_data import "
+    generate = [sys.executable, "-c", "import sys; from pathlib import Path; from pipeline.data.synthetic_data import "
                 "SyntheticSpec, generate_synthetic; generate_synthetic(sys.argv[2], "
                 "SyntheticSpec.model_validate_json(Path(sys.argv[1]).read_text()))", str(spec_file), str(data_dir)]
     work = config_file.parent
@@ -165,7 +165,7 @@ def probe_real_shape(root: Path, frames: int = 150, dim: int = 2048, per_class: 
     the feature size, for the extrapolation."""
     import yaml
 
-    from pipeline.synthetic_data import SyntheticSpec
+    from pipeline.data.synthetic_data import SyntheticSpec
 
     spec = SyntheticSpec(num_classes=8, imbalance=1.0, max_per_class=per_class, frames_min=frames,
                          frames_max=frames, dim=dim, min_val=1, min_test=1)
@@ -176,7 +176,7 @@ def probe_real_shape(root: Path, frames: int = 150, dim: int = 2048, per_class: 
     stages = {}
     for name, command, folder in stage_commands(work / "config.yaml", work / "spec.json", work / "synthetic-data")[:3]:
         stages[name] = {**measure(command), **disk_usage(folder)}
-    probe = [sys.executable, "-c", "import json, sys; from pipeline.scale_bench import loader_rate; "
+    probe = [sys.executable, "-c", "import json, sys; from pipeline.bench.scale_bench import loader_rate; "
              "print(json.dumps(loader_rate(sys.argv[1])))", str(work / "extract")]
     loader = json.loads(subprocess.run(probe, check=True, capture_output=True, text=True).stdout)
     videos = sum(json.loads((work / "synthetic-data" / "synthetic.json").read_text())["videos"].values())

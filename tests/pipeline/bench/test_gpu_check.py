@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from machine_load import scaled
-from pipeline import gpu_check
-from pipeline.gpu_check import DRY, Verdict, run_gpu_check
+from pipeline.bench import gpu_check
+from pipeline.bench.gpu_check import DRY, Verdict, run_gpu_check
 
 CPU = torch.device("cpu")
 

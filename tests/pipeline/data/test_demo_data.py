@@ -1,4 +1,4 @@
-"""Tests of the seeded long-tailed demo video generator (pipeline.demo_data)."""
+"""Tests of the seeded long-tailed demo video generator (pipeline.data.demo_data)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import decord
 import numpy as np
 import pytest
 
-from pipeline import demo_data
-from pipeline.demo_data import DemoSpec, DemoSpecError, class_names, generate_demo, train_profile
+from pipeline.data import demo_data
+from pipeline.data.demo_data import DemoSpec, DemoSpecError, class_names, generate_demo, train_profile
 
 SMALL = DemoSpec(num_objects=3, directions=("left", "right"), max_train_per_class=6, min_train_per_class=2,
                  imbalance=0.3, val_per_class=1, test_per_class=1, multi_label_fraction=0.25,

@@ -61,8 +61,8 @@ def _jpeg_route(path: str, t: int, resize: int, crop: int, tmpdir: Path, use_ffm
     then load the T sampled JPEGs and preprocess them."""
     from PIL import Image
 
-    from .decode import preprocess_image
-    from .sampling import fixed_indices
+    from extract.decode import preprocess_image
+    from extract.sampling import fixed_indices
 
     d = tmpdir / "frames"
     if d.exists():
@@ -111,7 +111,7 @@ def _peak_rss(video: str, cfg_kwargs: dict, tmp: Path) -> dict:
     out = tmp / f"rss-{Path(video).stem}"
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the checkout holding extract/
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     p = subprocess.run([sys.executable, str(script), video, str(out), json.dumps(cfg_kwargs)], capture_output=True,
                        text=True, env=env, timeout=1800)
@@ -128,8 +128,8 @@ def bench_extract(work_dir: Optional[str] = None, *, num_videos: int = 6, second
     """decode-only, model-only and whole-stage frames/s on the same videos; the JPEG route; peak RSS."""
     import torch
 
-    from .config import ExtractConfig
-    from .encoder import encoder_from_config
+    from extract.config import ExtractConfig
+    from extract.encoder import encoder_from_config
 
     own_tmp = work_dir is None
     wd = Path(work_dir or tempfile.mkdtemp(prefix="vltr-bench-extract-"))
@@ -164,9 +164,9 @@ def _time_extract_routes(cfg, enc, vids: list, wd: Path, repeats: int, use_ffmpe
     stage (run_extract) and the JPEG route -> {"decode": [...], "model": [...], "pipeline": [...], "jpeg": [...]}."""
     import pandas as pd
 
-    from .decode import decode_all
-    from .jobs import make_job
-    from .stage import run_extract
+    from extract.decode import decode_all
+    from extract.jobs import make_job
+    from extract.stage import run_extract
 
     jobs = [make_job(cfg, f"c{i}", p) for i, p in enumerate(vids)]
     times: dict[str, list[float]] = {"decode": [], "model": [], "pipeline": [], "jpeg": []}
@@ -289,7 +289,7 @@ def bench_store(work_dir: Optional[str] = None, *, num_videos: int = 256, frames
 def _write_store_and_npy(store_dir: Path, npy_dir: Path, num_videos: int, frames: int, dim: int,
                          videos_per_shard: int, seed: int) -> list[str]:
     """The same random float32 features as a float16 store and as one .npy per video; returns the ids."""
-    from .store import ShardWriter, shard_name
+    from extract.store import ShardWriter, shard_name
 
     for d in (store_dir, npy_dir):
         shutil.rmtree(d, ignore_errors=True)
@@ -322,7 +322,7 @@ class _StoreReads:
 
     def open(self) -> Optional[float]:
         """Open the store; returns the seconds it took."""
-        from .store import FeatureStore
+        from extract.store import FeatureStore
 
         t0 = time.perf_counter()
         self.store = FeatureStore(self.dir)

@@ -391,7 +391,7 @@ def _random_resnet50(path: Path) -> str:
 
 def check_ray(device: torch.device, size: CheckSize, work: Path) -> Verdict:
     """The Ray runner's model actor on the GPU gives the in-process runner's features."""
-    from extract.bench import make_bench_video
+    from pipeline.bench.extract_bench import make_bench_video
     from extract.config import ExtractConfig
 
     todo = [(f"clip{i}", make_bench_video(work / f"clip{i}.mp4", *size.ray_pixels, seconds=2, seed=i))

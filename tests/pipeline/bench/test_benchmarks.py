@@ -1,9 +1,9 @@
 """`bench all` renders docs/benchmarks.md from real (small) benchmark results."""
 
-from evaluate.bench import bench_evaluate
-from extract.bench import bench_store
-from pipeline.benchmarks import render
-from train.bench import bench_train
+from pipeline.bench.evaluate_bench import bench_evaluate
+from pipeline.bench.extract_bench import bench_store
+from pipeline.bench.benchmarks import render
+from pipeline.bench.train_bench import bench_train
 
 
 def test_render_reports_every_benchmark_it_was_given(tmp_path):
@@ -23,7 +23,7 @@ def test_render_reports_every_benchmark_it_was_given(tmp_path):
 
 
 def test_rewriting_the_report_keeps_the_measured_methods_section():
-    from pipeline.benchmarks import METHODS_NOTE, methods_section
+    from pipeline.bench.benchmarks import METHODS_NOTE, methods_section
 
     previous = "# Benchmarks\n\n## bench evaluate\n\nold numbers\n\n## Long-tailed methods\n\n| baseline | 0.425 |\n"
     kept = methods_section(previous)
@@ -34,7 +34,7 @@ def test_rewriting_the_report_keeps_the_measured_methods_section():
 
 
 def test_evaluate_section_states_machine_and_load_with_every_run():
-    from pipeline.benchmarks import evaluate_section
+    from pipeline.bench.benchmarks import evaluate_section
 
     runs = [bench_evaluate(n=200, c=8, repeats=3, seed=s) for s in (0, 1)]
     for run in runs:
@@ -52,13 +52,13 @@ def test_evaluate_section_states_machine_and_load_with_every_run():
 def test_bench_all_writes_only_where_it_is_told(tmp_path, monkeypatch, capsys):
     """Without --out the report goes to stdout (nothing lands in the current directory's docs/);
     with --out it rewrites that file and keeps its measured methods section."""
-    import pipeline.benchmarks
+    import pipeline.bench.benchmarks
     import pipeline.cli
     from pipeline.cli import main
 
     demo = {"first_run_s": 61.0, "cached_run_s": 3.0, "stages_s": {"ingest": 5.0}}
     monkeypatch.setattr(pipeline.cli, "IN_BENCH_ALL", ("demo",))
-    monkeypatch.setattr(pipeline.benchmarks, "run_benchmark", lambda name: demo)
+    monkeypatch.setattr(pipeline.bench.benchmarks, "run_benchmark", lambda name: demo)
     monkeypatch.chdir(tmp_path)
     assert main(["-q", "bench", "all"]) == 0
     out = capsys.readouterr().out

@@ -10,7 +10,7 @@ import pytest
 
 from manifests.datasets import read_generic_csv
 from manifests.errors import UserError
-from pipeline.synthetic_data import (ClassModel, SyntheticSpec, generate_synthetic, group_thresholds,
+from pipeline.data.synthetic_data import (ClassModel, SyntheticSpec, generate_synthetic, group_thresholds,
                                      plan_videos, train_profile, video_features)
 
 SMALL = dict(num_classes=12, max_per_class=20, imbalance=10, dim=16, frames_min=6, frames_max=10)

@@ -25,7 +25,7 @@ from manifests import tables
 from manifests.errors import UserError
 from manifests.files import atomic_path, sha256_file, write_json_atomic
 from manifests.manifest import package_version, read_manifest
-from pipeline.bundle_check import check_bundle
+from pipeline.serve.bundle_check import check_bundle
 
 FORMAT = "vltr-model-bundle"
 SCHEMA_VERSION = 1
@@ -233,7 +233,7 @@ def save_bundle(bundle: ModelBundle, path: Path) -> Path:
 
 def load_bundle(path: Path) -> ModelBundle:
     """Read a bundle written by :func:`save_bundle`; refuses other files, unknown schema versions and
-    descriptions that :func:`pipeline.bundle_check.check_bundle` refuses (the file is untrusted)."""
+    descriptions that :func:`pipeline.serve.bundle_check.check_bundle` refuses (the file is untrusted)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)

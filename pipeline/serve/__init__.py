@@ -1,0 +1,1 @@
+"""Inference: model bundles (bundle, bundle_check) and ``predict`` / ``export`` (predict)."""
