@@ -22,7 +22,7 @@ from train.config import SCHEDULE_KEYS, TrainConfig
 from manifests.datasets import read_text
 from manifests.errors import UserError
 from pipeline import formats
-from pipeline.data.synthetic_data import SyntheticSpec
+from pipeline.synthetic_config import SyntheticSpec
 from pipeline.yaml_limits import load_yaml
 
 PACKAGE_CONFIGS = Path(__file__).parent / "configs"

@@ -61,7 +61,7 @@ def _synthetic(cfg, progress: bool) -> datasets.Dataset:
 
 
 def _synthetic_thresholds(cfg) -> tuple:
-    from pipeline.data.synthetic_data import group_thresholds
+    from pipeline.synthetic_config import group_thresholds
 
     return group_thresholds(cfg.dataset.synthetic)
 

@@ -44,7 +44,7 @@ def scale_spec(n_train: int, frames: int = 8, dim: int = 64, classes: int = VIDE
     ``max_per_class`` (the head class's count) is the smallest whose exponential profile over
     ``classes`` classes holds at least ``n_train`` videos; val/test keep VideoLT's proportions to train.
     """
-    from pipeline.data.synthetic_data import SyntheticSpec, train_profile
+    from pipeline.synthetic_config import SyntheticSpec, train_profile
 
     base = SyntheticSpec(num_classes=classes, imbalance=VIDEOLT["imbalance"], max_per_class=1,
                          val_fraction=VIDEOLT["val"] / VIDEOLT["train"],
@@ -104,8 +104,9 @@ def stage_commands(config_file: Path, spec_file: Path, data_dir: Path) -> list:
     """``(stage name, command, folder whose disk use it adds)`` in pipeline order."""
     run = [sys.executable, "-m", "pipeline", "run", "--config", str(config_file), "--no-progress", "-q"]
     generate = [sys.executable, "-c", "import sys; from pathlib import Path; from pipeline.data.synthetic_data import "
-                "SyntheticSpec, generate_synthetic; generate_synthetic(sys.argv[2], "
-                "SyntheticSpec.model_validate_json(Path(sys.argv[1]).read_text()))", str(spec_file), str(data_dir)]
+                "generate_synthetic; from pipeline.synthetic_config import SyntheticSpec; "
+                "generate_synthetic(sys.argv[2], SyntheticSpec.model_validate_json(Path(sys.argv[1]).read_text()))",
+                str(spec_file), str(data_dir)]
     work = config_file.parent
     stages = [("generate", generate, data_dir), ("ingest", run + ["--stage", "ingest"], work / "ingest"),
               ("extract", run + ["--stage", "extract"], work / "extract"),
@@ -165,7 +166,7 @@ def probe_real_shape(root: Path, frames: int = 150, dim: int = 2048, per_class: 
     the feature size, for the extrapolation."""
     import yaml
 
-    from pipeline.data.synthetic_data import SyntheticSpec
+    from pipeline.synthetic_config import SyntheticSpec
 
     spec = SyntheticSpec(num_classes=8, imbalance=1.0, max_per_class=per_class, frames_min=frames,
                          frames_max=frames, dim=dim, min_val=1, min_test=1)

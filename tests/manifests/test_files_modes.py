@@ -6,7 +6,8 @@ import stat
 import pytest
 
 from manifests.files import write_text_atomic
-from pipeline.data.synthetic_data import SyntheticSpec, generate_synthetic
+from pipeline.data.synthetic_data import generate_synthetic
+from pipeline.synthetic_config import SyntheticSpec
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config, run_name, single_runs
-from pipeline.data.synthetic_data import SyntheticSpec, group_thresholds
+from pipeline.synthetic_config import SyntheticSpec, group_thresholds
 
 TINY = ["--set", "dataset.synthetic.num_classes=8", "--set", "dataset.synthetic.max_per_class=12",
         "--set", "dataset.synthetic.imbalance=6", "--set", "dataset.synthetic.dim=12",

@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.bench.benchmarks import kept_sections, with_scale_section
 from pipeline.bench.scale_bench import SCALE_HEADING, bench_scale, growth_exponent, render_scale, scale_spec
-from pipeline.data.synthetic_data import train_profile
+from pipeline.synthetic_config import train_profile
 
 
 def test_growth_exponent_against_hand_computed_examples():

@@ -10,8 +10,8 @@ import pytest
 
 from manifests.datasets import read_generic_csv
 from manifests.errors import UserError
-from pipeline.data.synthetic_data import (ClassModel, SyntheticSpec, generate_synthetic, group_thresholds,
-                                     plan_videos, train_profile, video_features)
+from pipeline.data.synthetic_data import ClassModel, generate_synthetic, plan_videos, video_features
+from pipeline.synthetic_config import SyntheticSpec, group_thresholds, train_profile
 
 SMALL = dict(num_classes=12, max_per_class=20, imbalance=10, dim=16, frames_min=6, frames_max=10)
 
