@@ -1,10 +1,12 @@
-"""The per-video and per-class tables each stage leaves beside its manifest (the stage contract).
+"""The tables and files each stage leaves beside its manifest for the next (the stage contract).
 
 - ingest: ``videos.parquet`` (video_id, path (see ``portable_path``) or None, labels, split)
   and ``classes.parquet`` (class_index, name).
 - extract: ``videos.parquet`` (video_id, status "ok"/"failed", num_frames, shard, decoder, error).
 - split: ``videos.parquet`` (video_id, labels, split; one row per membership), ``classes.parquet``
   (class_index, name, train_count, group) and ``dropped.parquet`` (video_id, split, reason).
+- train: ``predictions.npz`` (scores, video_ids) for evaluate; checkpoints ``best.pt`` (predict,
+  bundles) and ``last.pt`` (resume).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from manifests.files import portable_path, read_table, resolve_portable, write_t
 VIDEOS = "videos.parquet"
 CLASSES = "classes.parquet"
 DROPPED = "dropped.parquet"
+PREDICTIONS = "predictions.npz"
+BEST_CHECKPOINT = "best.pt"
+LAST_CHECKPOINT = "last.pt"
 
 
 def write_ingest_tables(stage_dir: Path, videos: pd.DataFrame, class_names: list) -> list:

@@ -6,26 +6,20 @@ Heavy imports (torch, decoders) happen inside the stage that needs them.
 
 from __future__ import annotations
 
-import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import pandas as pd
-
-from manifests import datasets, splits, tables
+from manifests import tables
 from manifests.errors import UserError
-from manifests.files import read_table, sha256_file, write_table
-from manifests.groups import GROUPS, assign_groups
+from manifests.files import sha256_file
+from manifests.ingest import stage as ingest
 from manifests.manifest import config_hash, read_manifest
+from manifests.split import stage as split
+from pipeline import formats
 from pipeline.config import Config, group_thresholds, run_name, run_schedule, split_profile, split_seed
-from pipeline.formats import demo_root, read_dataset
 from train import registry as method_registry
 from train.config import SCHEDULE_KEYS
-
-log = logging.getLogger("pipeline")
 
 
 @dataclass
@@ -52,6 +46,9 @@ class StageResult:
 
 @dataclass(frozen=True)
 class Stage:
+    """One stage of the graph: its name, what it does, the config its outputs depend on, its runner
+    and the upstream stages it reads."""
+
     name: str
     description: str
     settings: Callable[[Config], dict]  # the config its outputs depend on
@@ -63,116 +60,39 @@ class Stage:
 
 # ---------------------------------------------------------------------------------------- ingest
 
-def load_dataset(cfg: Config, progress: bool = False) -> datasets.Dataset:
-    """Read the configured dataset with its format's reader (pipeline/formats.py; the demo's videos are
-    generated first)."""
-    return read_dataset(cfg, progress)
-
-
-def run_ingest(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
-    dataset = load_dataset(cfg, progress=options.progress)
-    has_file = dataset.videos.path.map(lambda p: isinstance(p, str) and os.path.isfile(p))
-    without_file = dataset.videos[~has_file]
-    # label lists without any video (released features, splits only) are fine; a partial set of files is not
-    if extract_config(cfg).source == "videos" and has_file.any() and len(without_file):
-        dataset.warnings.append(f"{len(without_file)} of {len(dataset.videos)} listed videos have no video file "
-                                f"(e.g. {', '.join(without_file.video_id[:3])}); extract will record them as failed. "
-                                "Check dataset.videos (or the CSV's path column)")
-    for warning in dataset.warnings:
-        log.warning("warning: %s", warning)
-    outputs = tables.write_ingest_tables(stage_dir, dataset.videos, dataset.class_names)
-    videos = dataset.videos
-    summary = {
-        "format": cfg.dataset.format,
-        "num_classes": dataset.num_classes,
-        "videos": {s: int((videos.split == s).sum()) for s in datasets.SPLITS},
-        "with_video_file": int(videos.path.notna().sum()),
-        "multi_label_videos": int((videos.labels.map(len) > 1).sum()),
-        "warnings": dataset.warnings,
-    }
+def run_ingest_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
+    """Ingest (manifests/ingest/): the configured dataset, generated first for the demo and synthetic
+    formats (:func:`pipeline.formats.read_dataset`), into the canonical tables."""
+    dataset = formats.read_dataset(cfg, progress=options.progress)
+    summary, outputs = ingest.run_ingest(dataset, stage_dir, cfg.dataset.format,
+                                         decode_videos=formats.extract_config(cfg).source == "videos")
     return StageResult(outputs, summary, external_inputs=dataset.label_files)
 
 
 # ----------------------------------------------------------------------------------------- split
 
 def split_settings(cfg: Config) -> dict:
-    profile = split_profile(cfg)
+    """The split stage's settings: split.* with ``auto``, the group thresholds and the seed resolved."""
     head, tail = group_thresholds(cfg)
-    settings = {"profile": profile, "head": head, "tail": tail}
-    if profile != "given":
-        settings["imbalance"] = cfg.split.imbalance
-    if profile in ("exp", "step"):
-        settings["max_per_class"] = cfg.split.max_per_class
-        settings["seed"] = split_seed(cfg)
-    return settings
+    return split.split_settings(split_profile(cfg), head, tail, cfg.split.imbalance, cfg.split.max_per_class,
+                                split_seed(cfg))
 
 
-def videos_with_features(work_dir: Path) -> pd.DataFrame | None:
-    """The extract stage's per-video status table, or None when nothing was extracted."""
-    path = work_dir / "extract" / tables.VIDEOS
-    if not (work_dir / "extract" / "manifest.json").exists():
-        return None
-    return read_table(path)
-
-
-def run_split(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
-    settings = split_settings(cfg)
-    videos = tables.read_ingest_videos(work_dir / "ingest")
-    classes = tables.read_classes(work_dir / "ingest")
-    num_classes = len(classes)
-    dropped = pd.DataFrame({"video_id": pd.Series(dtype=str), "split": pd.Series(dtype=str),
-                            "reason": pd.Series(dtype=str)})
-    extracted = videos_with_features(work_dir)
-    if extracted is not None:
-        status = extracted.set_index("video_id")
-        ok = videos.video_id.map(status.status).eq("ok")
-        missing = videos[~ok]
-        reasons = [f"extract failed: {status.error.get(v)}" if v in status.index else "not extracted"
-                   for v in missing.video_id]
-        dropped = pd.DataFrame({"video_id": missing.video_id, "split": missing.split, "reason": reasons})
-        videos = videos[ok]
-    table, info = splits.build_split(videos, num_classes, settings["profile"], settings.get("imbalance", 1.0),
-                                     settings.get("max_per_class"), settings.get("seed", 0))
-    counts = splits.train_counts(table, num_classes)
-    groups = assign_groups(counts, settings["head"], settings["tail"])
-    class_table = pd.DataFrame({"class_index": np.arange(num_classes), "name": classes.name,
-                                "train_count": counts, "group": groups.astype(str)})
-    write_table(stage_dir / tables.VIDEOS, table)
-    write_table(stage_dir / tables.CLASSES, class_table)
-    write_table(stage_dir / tables.DROPPED, dropped)
-    empty = [int(c) for c in np.flatnonzero(counts == 0)]
-    if empty:
-        log.warning("warning: %d classes have no training videos (e.g. %s)", len(empty),
-                    ", ".join(classes.name[empty[:3]]))
-    summary = {
-        "num_classes": num_classes,
-        "videos": {s: int((table.split == s).sum()) for s in datasets.SPLITS},
-        "groups": {g: int((groups == g).sum()) for g in GROUPS},
-        "thresholds": {"head": settings["head"], "tail": settings["tail"]},
-        "train_label_instances": int(counts.sum()),
-        "imbalance_ratio": float(counts.max() / counts[counts > 0].min()) if counts.any() else None,
-        "dropped_without_features": len(dropped),
-        "classes_without_train_videos": empty,
-        **info,
-    }
-    return StageResult([tables.VIDEOS, tables.CLASSES, tables.DROPPED], summary)
+def run_split_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
+    """Split (manifests/split/): the ingest stage's videos with features -> membership, counts, groups."""
+    summary, outputs = split.run_split(split_settings(cfg), work_dir / "ingest", work_dir / "extract", stage_dir)
+    return StageResult(outputs, summary)
 
 
 # --------------------------------------------------------------------------------------- extract
 
-def extract_config(cfg: Config):
-    """The extract settings in force: the synthetic benchmark's features are imported as .npy files."""
-    if cfg.dataset.format != "synthetic":
-        return cfg.extract
-    return cfg.extract.model_copy(update={"source": "npy", "npy_dir": str(demo_root(cfg).absolute() / "features"),
-                                          "npy_dim": cfg.dataset.synthetic.dim})
-
-
 def run_extract_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
+    """Extract (extract/): the ingest stage's videos -> per-frame features, with the settings in force
+    (:func:`pipeline.formats.extract_config`); a changed .h5 output is verified on a rebuild."""
     from extract.stage import run_extract
 
     videos = tables.read_ingest_videos(work_dir / "ingest")
-    summary = run_extract(extract_config(cfg), videos, stage_dir, retry_failed=options.retry_failed,
+    summary = run_extract(formats.extract_config(cfg), videos, stage_dir, retry_failed=options.retry_failed,
                           repair=options.repair, progress=options.progress,
                           verify=[name for name in options.changed_outputs if name.endswith(".h5")])
     outputs = [tables.VIDEOS] + sorted(p.name for p in stage_dir.glob("*.h5"))
@@ -214,9 +134,6 @@ def run_train_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOp
 
 # -------------------------------------------------------------------------------------- evaluate
 
-PREDICTIONS = "predictions.npz"  # what the train stage leaves for evaluate: scores, video_ids
-
-
 def run_info(work_dir: Path, cfg: Config) -> dict:
     """Who made the predictions: method and selection protocol (train), features (extract), seed."""
     info = {"seed": cfg.seed}
@@ -243,10 +160,11 @@ def feature_source(cfg: Config, extract_settings: dict) -> str:
 
 
 def run_evaluate_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
+    """Evaluate (evaluate/): the run's predictions (or ``evaluate.predictions``) scored on the split."""
     from evaluate.stage import run_evaluate
 
     given = cfg.evaluate.predictions
-    predictions = Path(given) if given else work_dir / "train" / run_name(cfg) / PREDICTIONS
+    predictions = Path(given) if given else work_dir / "train" / run_name(cfg) / tables.PREDICTIONS
     if not given and not predictions.exists():
         raise UserError(f"no predictions to evaluate: {predictions} does not exist; run the train stage "
                         "or set evaluate.predictions=FILE.npz (arrays `scores` (N, C) and `video_ids` (N,))")
@@ -257,11 +175,11 @@ def run_evaluate_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: Ru
 
 STAGES = {
     "ingest": Stage("ingest", "read the dataset's label lists into one video table",
-                    settings=lambda cfg: cfg.dataset.model_dump(), run=run_ingest),
+                    settings=lambda cfg: cfg.dataset.model_dump(), run=run_ingest_stage),
     "extract": Stage("extract", "decode videos and store per-frame CNN features (HDF5)", needs=("ingest",),
-                     settings=lambda cfg: extract_config(cfg).model_dump(), run=run_extract_stage),
+                     settings=lambda cfg: formats.extract_config(cfg).model_dump(), run=run_extract_stage),
     "split": Stage("split", "build train/val/test membership, class counts and head/medium/tail groups",
-                   needs=("ingest",), uses=("extract",), settings=split_settings, run=run_split),
+                   needs=("ingest",), uses=("extract",), settings=split_settings, run=run_split_stage),
     "train": Stage("train", "train long-tailed methods on the features", needs=("extract", "split"),
                    settings=train_settings, run=run_train_stage, per_run=True),
     "evaluate": Stage("evaluate", "mAP (overall/head/medium/tail), Acc@1/5, test profiles, tables, plots",

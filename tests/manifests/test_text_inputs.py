@@ -3,7 +3,7 @@ are one error naming the file (and line)."""
 
 import pytest
 
-from manifests.datasets import read_generic_csv, read_videolt
+from manifests.ingest.readers import read_generic_csv, read_videolt
 from manifests.errors import DatasetError, UserError
 from pipeline.cli import main
 from pipeline.config import load_config

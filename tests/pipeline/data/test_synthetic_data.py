@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from manifests.datasets import read_generic_csv
+from manifests.ingest.readers import read_generic_csv
 from manifests.errors import UserError
 from pipeline.data.synthetic_data import ClassModel, generate_synthetic, plan_videos, video_features
 from pipeline.synthetic_config import SyntheticSpec, group_thresholds, train_profile

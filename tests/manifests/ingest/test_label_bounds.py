@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from manifests.datasets import MAX_INFERRED_CLASSES, read_generic_csv, read_minikinetics
+from manifests.ingest.readers import MAX_INFERRED_CLASSES, read_generic_csv, read_minikinetics
 from manifests.errors import DatasetError
 
 H = "video_id,path,labels,split\n"

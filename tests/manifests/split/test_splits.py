@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from manifests import splits
+from manifests.split import profiles as splits
 from manifests.groups import assign_groups, group_indices
 
 # REFERENCE.md section 5.2: train videos and (head, medium, tail) per published factor.
