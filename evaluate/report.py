@@ -10,6 +10,7 @@ import pandas as pd
 
 from evaluate import registry
 from manifests.errors import UserError
+from manifests.markdown import markdown_table
 
 COLUMNS = ("mAP", "head", "medium", "tail", "acc1", "acc5")
 HEADERS = ("Overall", "Head", "Medium", "Tail", "Acc@1", "Acc@5")
@@ -28,13 +29,6 @@ def headers() -> tuple:
 
 def _fmt(value, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
-
-
-def markdown_table(header: list, rows: list) -> str:
-    """A GitHub-flavoured markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def schedule_text(schedule: dict) -> str:
@@ -63,14 +57,14 @@ def run_markdown(label: str, document: dict) -> str:
     text = [f"# {label}\n", f"{document['videos']} {document['split']} videos; groups: head > "
             f"{document['thresholds']['head']}, tail <= {document['thresholds']['tail']} training "
             f"instances; {protocol(document['run'])}.\n",
-            markdown_table(["Method", *headers()], [[label, *(_fmt(m[c]) for c in columns())]])]
+            markdown_table(["Method", *headers()], [[label, *(_fmt(m[c]) for c in columns())]], compact=True)]
     if document["profiles"]:
         rows = [[name, *(_fmt(p[c]) for c in columns()), f"{p['labels']['ratio']:.1f}"]
                 for name, p in document["profiles"].items()]
         text += ["\n## Test-distribution profiles\n",
                  f"The same predictions on re-sampled test sets (seed {document['profile_seed']}); "
                  "ratio = max/min positives per class.\n",
-                 markdown_table(["Test profile", *headers(), "ratio"], rows)]
+                 markdown_table(["Test profile", *headers(), "ratio"], rows, compact=True)]
     return "\n".join(text)
 
 
@@ -86,7 +80,7 @@ def experts_markdown(document: dict) -> str:
                             *experts.items()]]
     return "\n".join(["\n## Experts\n", "Each expert's own predictions scored alone; profile columns are mAP on "
                       "the re-sampled test sets.\n",
-                      markdown_table(["Expert", *headers(), *(f"mAP[{p}]" for p in names)], rows)])
+                      markdown_table(["Expert", *headers(), *(f"mAP[{p}]" for p in names)], rows, compact=True)])
 
 
 def metrics_files(run_dir: Path) -> list:
@@ -157,7 +151,8 @@ def report_markdown(table: pd.DataFrame) -> str:
     else:
         note = f"Every row trained with {schedules[0]}.\n\n" if schedules[0] else ""
     return ("Mean ± sample std over seeds where a configuration has several runs. 'Selected on' is the "
-            "split the checkpoint was chosen on (test = the papers' protocol).\n\n" + note + markdown_table(header, rows))
+            "split the checkpoint was chosen on (test = the papers' protocol).\n\n" + note
+            + markdown_table(header, rows, compact=True))
 
 
 def write_report(run_dirs, out_dir: Path) -> str:

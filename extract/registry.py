@@ -15,6 +15,8 @@ import functools
 import math
 from typing import Optional
 
+from manifests import registries
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TIMM_PREFIX = "timm/"
@@ -65,16 +67,14 @@ BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in (
 
 def names_message() -> str:
     """The valid names, for error messages and help texts."""
-    return (f"one of {', '.join(BACKBONES)}, or {TIMM_PREFIX}<any timm model name> (timm.list_models(), "
+    return (f"one of {registries.names_text(BACKBONES)}, or {TIMM_PREFIX}<any timm model name> (timm.list_models(), "
             f"e.g. {TIMM_PREFIX}resnet18)")
 
 
 def lookup(name: str) -> BackboneSpec:
     """The spec of a registered name or of ``timm/<timm model name>``; BackboneError otherwise."""
-    if name in BACKBONES:
-        return BACKBONES[name]
-    if not name.startswith(TIMM_PREFIX):
-        raise BackboneError(f"unknown backbone {name!r}; use {names_message()}")
+    if name in BACKBONES or not name.startswith(TIMM_PREFIX):
+        return registries.lookup(BACKBONES, name, "backbone", f"use {names_message()}", BackboneError)
     model = name[len(TIMM_PREFIX):]
     return BackboneSpec(name, "build_timm", None, timm_preprocessing(model))
 

@@ -9,9 +9,8 @@ import torch
 from manifests.errors import UserError
 from manifests.files import atomic_path
 from manifests.manifest import changed_keys
+from manifests.tables import BEST_CHECKPOINT as BEST, LAST_CHECKPOINT as LAST  # the stage contract's names
 
-LAST = "last.pt"
-BEST = "best.pt"
 # How a difference in each identity field is described when a checkpoint is refused.
 WHAT_DIFFERS = {"upstream": "the split or the features changed since it was written"}
 

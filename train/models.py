@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train.config import HEADS as HEAD_NAMES
+
 __all__ = [
     "NonlinearClassifier",
     "PSAAggregator",
@@ -262,7 +264,7 @@ class AggregatorHead(nn.Module):
         return self.classifier(self.features(x).unsqueeze(1))
 
 
-HEADS = {"lateavg": NonlinearClassifier, "aggregators": AggregatorHead}
+HEADS = dict(zip(HEAD_NAMES, (NonlinearClassifier, AggregatorHead), strict=True))  # train.config.HEADS, in order
 
 
 def build(head: str, in_dim: int, num_classes: int, **kw) -> nn.Module:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
+from manifests import registries
+
 # the sections a head reads besides the method's own: the aggregators head is sized by move.*
 HEAD_SECTIONS = {"aggregators": ("move",)}
 
@@ -60,7 +62,7 @@ METHODS: dict[str, MethodSpec] = {s.name: s for s in (
 
 def names_message() -> str:
     """The valid names, for error messages and help texts."""
-    return ", ".join(METHODS)
+    return registries.names_text(METHODS)
 
 
 def own_head_names() -> list:
@@ -70,9 +72,7 @@ def own_head_names() -> list:
 
 def lookup(name: str) -> MethodSpec:
     """The spec of a registered method; MethodError otherwise."""
-    if name not in METHODS:
-        raise MethodError(f"unknown method {name!r}; valid: {names_message()}")
-    return METHODS[name]
+    return registries.lookup(METHODS, name, "method", f"valid: {names_message()}", MethodError)
 
 
 def load(dotted: str):

@@ -20,8 +20,6 @@ from train.schedule import check_schedule
 
 log = logging.getLogger("pipeline")
 
-PREDICTIONS = "predictions.npz"
-
 
 def load_splits(split_dir: Path, bank_ids: list) -> dict:
     """Train/val/test of the split stage as positions into one list of video ids."""
@@ -80,7 +78,7 @@ def run_train(cfg: TrainConfig, extract_dir: Path, split_dir: Path, run_dir: Pat
     logits, experts = trainer.predict_best("test")
     experts = {f"expert_{k}": scores_for_metrics(v, cfg) for k, v in experts.items()}
     test = trainer.splits["test"]
-    with atomic_path(Path(run_dir) / PREDICTIONS) as tmp, open(tmp, "wb") as handle:
+    with atomic_path(Path(run_dir) / tables.PREDICTIONS) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, scores=scores_for_metrics(logits, cfg), video_ids=np.array(test.video_ids, dtype=str), method=method,
                  select_on=cfg.select_on, seed=seed, **experts)
     summary = {"method": method, "head": cfg.head, "best_epoch": best["epoch"], "select_on": cfg.select_on,
@@ -89,4 +87,4 @@ def run_train(cfg: TrainConfig, extract_dir: Path, split_dir: Path, run_dir: Pat
                "parameters": sum(p.numel() for p in recipe.model.parameters()),
                "seconds_per_epoch": float(np.mean([r["seconds"] for r in trainer.history])),
                "checkpoint": checkpoints.BEST, **({"calibration": calibration} if calibration else {})}
-    return summary, [PREDICTIONS, checkpoints.BEST, checkpoints.LAST, "log.jsonl"]
+    return summary, [tables.PREDICTIONS, checkpoints.BEST, checkpoints.LAST, "log.jsonl"]

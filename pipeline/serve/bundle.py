@@ -33,7 +33,6 @@ META_KEY = "vltr_bundle"  # the safetensors metadata entry that holds the JSON d
 MODEL_PREFIX = "model."
 THRESHOLDS_FILE = "thresholds.json"
 FALLBACK_THRESHOLD = 0.5  # classes without validation positives
-BEST = "best.pt"
 
 
 @dataclass
@@ -83,7 +82,7 @@ def train_runs(work_dir: Path) -> dict:
     runs = {}
     for path in sorted(Path(work_dir, "train").glob("*/manifest.json")):
         manifest = read_manifest(path.parent)
-        if (path.parent / BEST).is_file():
+        if (path.parent / tables.BEST_CHECKPOINT).is_file():
             runs[path.parent.name] = manifest.summary
     return runs
 
@@ -107,14 +106,14 @@ def bundle_from_run(work_dir: Path, method: str | None = None) -> ModelBundle:
     run = method or best_run(work_dir)
     run_dir = work_dir / "train" / run
     manifest = read_manifest(run_dir)
-    if manifest is None or not (run_dir / BEST).is_file():
+    if manifest is None or not (run_dir / tables.BEST_CHECKPOINT).is_file():
         known = ", ".join(train_runs(work_dir)) or "none"
         raise UserError(f"no trained run {run!r} in {work_dir / 'train'} (trained runs: {known})")
     state = stage_state("train", None, work_dir, run)
     if not state.fresh:
         raise UserError(f"{run_dir} is stale ({'; '.join(state.reasons)}); re-run `python -m pipeline run` "
                         "so the model matches the features and split it is used with")
-    checkpoint = checkpoints.load(run_dir / BEST)
+    checkpoint = checkpoints.load(run_dir / tables.BEST_CHECKPOINT)
     meta = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "package_version": package_version(),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run": run,
             "method": manifest.summary["method"], "settings": manifest.config,
@@ -187,7 +186,7 @@ def _cached_thresholds(run_dir: Path) -> dict:
     keys = ("split", "values", "fallback", "val_positives")
     if not isinstance(record, dict) or not all(k in record for k in keys):
         return empty  # damaged: computed again
-    if record.get("checkpoint_sha256") != sha256_file(run_dir / BEST):
+    if record.get("checkpoint_sha256") != sha256_file(run_dir / tables.BEST_CHECKPOINT):
         return empty
     return {k: record[k] for k in keys}
 
@@ -214,7 +213,8 @@ def calibrate(work_dir: Path, bundle: ModelBundle, device: str = "auto") -> Mode
     values = f1_thresholds(probabilities(logits), targets)
     record = {"split": "val", "values": values.tolist(), "fallback": FALLBACK_THRESHOLD,
               "val_positives": targets.sum(axis=0).astype(int).tolist()}
-    write_json_atomic(run_dir / THRESHOLDS_FILE, {"checkpoint_sha256": sha256_file(run_dir / BEST), **record})
+    checkpoint_sha256 = sha256_file(run_dir / tables.BEST_CHECKPOINT)
+    write_json_atomic(run_dir / THRESHOLDS_FILE, {"checkpoint_sha256": checkpoint_sha256, **record})
     bundle.meta["thresholds"] = record
     return bundle
 
