@@ -1,20 +1,12 @@
 """How many CPUs this process may use, and the thread and worker counts derived from it.
 
-The CPU budget is ``VLTR_CPUS`` when that environment variable is set (a positive whole number;
-it wins over everything detected). Otherwise it is the smaller of
-
-- the CPUs this process may run on (``os.sched_getaffinity``: taskset, Slurm, Docker ``--cpuset-cpus``), and
-- the cgroup CPU quota rounded up (cgroup v2 ``cpu.max`` "quota period", "max" meaning none; cgroup v1
-  ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, -1 meaning none), the smallest over the process's
-  cgroup and its ancestors: Docker ``--cpus``, Kubernetes CPU limits.
-
-A fractional quota is rounded **up** (150000/100000 = 1.5 CPUs -> 2): two threads at 75 % each
-use the quota, one would leave half a CPU idle. The budget is never below 1.
-
-The budget is shared by the processes one launcher starts on a node (torchrun's ``LOCAL_WORLD_SIZE``).
-Torch intra-op threads per process are the budget divided among them; without ``VLTR_CPUS``, an
-``OMP_NUM_THREADS`` already set (by the user, by torchrun for several processes, by Ray in its
-workers) caps them as usual. ``python -m manifests.resources`` prints the budget.
+The CPU budget is ``VLTR_CPUS`` when set, else the smaller of the CPU affinity
+(``os.sched_getaffinity``) and the cgroup CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` /
+``cpu.cfs_period_us``; the tightest over the process's cgroup and its ancestors), a fractional quota
+rounded up, at least 1. Torch threads per process are the budget divided among the processes one
+launcher starts on a node (``LOCAL_WORLD_SIZE``); without ``VLTR_CPUS`` an ``OMP_NUM_THREADS``
+already set caps them. docs/cluster.md ("CPUs, threads and workers") has the why;
+``python -m manifests.resources`` prints the budget.
 """
 
 from __future__ import annotations

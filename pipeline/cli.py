@@ -25,6 +25,7 @@ EPILOG = """examples:
 
 
 def _add_config_args(parser: argparse.ArgumentParser, with_work_dir: bool = True) -> None:
+    """``--config``, ``--set`` (and ``--work-dir``) of the commands that read a config."""
     parser.add_argument("--config", metavar="FILE_OR_NAME",
                         help="YAML config file, or the name of a shipped config (pipeline/configs/) or of "
                              "./configs/NAME.yaml (default: the embedded demo)")
@@ -150,6 +151,8 @@ def _add_predict_parsers(commands, quiet: argparse.ArgumentParser) -> None:
 
 
 def main(argv=None) -> int:
+    """The ``python -m pipeline`` / ``vltr`` entry point: run one command; a user mistake is one
+    ``error:`` line and exit 2, a failed stage exit 1, Ctrl-C / SIGTERM exit 130 (work kept)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
@@ -191,6 +194,7 @@ def _load(args, with_sources: bool = False):
 
 
 def cmd_run(args) -> int:
+    """``run``: the stage (or the chain) for the config, then the comparison table when evaluate ran."""
     from pipeline.run import run_pipeline
     from pipeline.stages import RunOptions
 
@@ -221,6 +225,7 @@ def _print_comparison(cfg) -> None:
 
 
 def cmd_status(args) -> int:
+    """``status``: every stage's state in the work dir (done, stale and why, missing)."""
     from pipeline.config import load_config
     from pipeline.run import status_rows
 
@@ -238,6 +243,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_config(args) -> int:
+    """``config``: the resolved config, each value with where it came from, and each run's schedule."""
     from pipeline.config import schedule_mismatch, schedule_report, to_yaml
 
     cfg, sources = _load(args, with_sources=True)
@@ -250,6 +256,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_demo_data(args) -> int:
+    """``demo-data``: generate the demo videos and labels into ``--out``."""
     from pipeline.data.demo_data import generate_demo
 
     out = generate_demo(Path(args.out), seed=args.seed, progress=True)
@@ -258,6 +265,7 @@ def cmd_demo_data(args) -> int:
 
 
 def cmd_report(args) -> int:
+    """``report``: one comparison table (report.md, report.csv) over evaluated runs."""
     from evaluate.report import write_report
 
     print(write_report(args.run_dirs, Path(args.out)), end="")
@@ -277,6 +285,7 @@ def _sizes(text: str) -> tuple:
 
 
 def cmd_bench(args) -> int:
+    """``bench``: one benchmark (a JSON line), ``all`` (and the report into ``--out``), ``scale`` or ``gpu``."""
     import json
 
     from manifests.files import write_text_atomic
@@ -323,12 +332,14 @@ def _bench_scale(args) -> int:
 
 
 def _trained_work_dir(args) -> Path:
+    """``--work-dir``, else the demo config's work dir."""
     from pipeline.config import load_config
 
     return Path(args.work_dir or load_config().work_dir)
 
 
 def cmd_predict(args) -> int:
+    """``predict``: class scores of videos or .npy files from a trained run or a bundle."""
     from pipeline.serve.predict import Predictor, format_table, output_format, write_predictions
 
     if args.bundle and args.method:
@@ -356,6 +367,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
+    """``export``: a trained run as one bundle file."""
     from pipeline.serve.predict import Predictor
 
     predictor = Predictor.from_run(_trained_work_dir(args), args.method, args.device)

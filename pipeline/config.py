@@ -30,6 +30,8 @@ DEFAULT_CONFIG = "demo"
 
 
 class Section(BaseModel):
+    """A config section: unknown keys refused, assignments validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
@@ -49,6 +51,7 @@ class DatasetConfig(Section):
     @field_validator("format", mode="before")
     @classmethod
     def _known_format(cls, value):
+        """A registered format name, refused in pydantic's Literal wording otherwise."""
         if isinstance(value, str) and value in formats.FORMATS:
             return value
         raise PydanticCustomError("literal_error", "Input should be {expected}",
@@ -112,6 +115,7 @@ def resolve_config_file(name_or_path: str) -> Path:
 
 
 def _read_yaml(path: Path) -> dict:
+    """A config file's mapping (bounded YAML); one UserError line otherwise."""
     try:
         data = load_yaml(read_text(path), str(path)) or {}
     except yaml.YAMLError as exc:
@@ -205,6 +209,7 @@ def _relevant(errors: list) -> list:
 
 
 def _describe(error: dict) -> str:
+    """One pydantic error as one line naming the key (an unknown key: the valid ones there)."""
     loc = [str(p) for p in error["loc"]]
     key = ".".join(loc)
     if error["type"] == "extra_forbidden":
@@ -217,6 +222,7 @@ def _describe(error: dict) -> str:
 
 
 def _model_at(loc: list):
+    """The section model at a dotted location of :data:`Config`, or None where it is a value."""
     model = Config
     for part in loc:
         field = model.model_fields.get(part)
@@ -319,6 +325,7 @@ def to_yaml(cfg: Config, sources: dict | None = None) -> str:
 
 
 def _annotate(node: dict, sources: dict, prefix: str, indent: int, lines: list) -> None:
+    """Append ``node`` as YAML lines, each value with a comment naming where it came from."""
     for key, value in node.items():
         dotted = prefix + key
         if isinstance(value, dict) and value:

@@ -52,12 +52,14 @@ def demo_root(cfg) -> Path:
 
 
 def _generate_demo(cfg, progress: bool) -> None:
+    """The demo's videos and labels in :func:`demo_root` (kept when complete for this seed)."""
     from pipeline.data.demo_data import generate_demo
 
     generate_demo(demo_root(cfg), seed=cfg.dataset.demo_seed, progress=progress)
 
 
 def _generate_synthetic(cfg, progress: bool) -> None:
+    """The synthetic benchmark in :func:`demo_root` (kept when complete for this spec)."""
     from pipeline.data.synthetic_data import generate_synthetic
 
     generate_synthetic(demo_root(cfg), cfg.dataset.synthetic, progress=progress)
@@ -70,6 +72,7 @@ def _read_generated(cfg, progress: bool) -> datasets.Dataset:
 
 
 def _synthetic_thresholds(cfg) -> tuple:
+    """(head, tail) giving VideoLT's group shares on the synthetic profile."""
     from pipeline.synthetic_config import group_thresholds
 
     return group_thresholds(cfg.dataset.synthetic)

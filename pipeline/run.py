@@ -106,6 +106,9 @@ def run_pipeline(cfg: Config, stage: str = "all", options: RunOptions | None = N
 
 
 def _run_pipeline(cfg: Config, stage: str, options: RunOptions | None) -> dict:
+    """:func:`run_pipeline` inside the lock: each stage in order (``all``) or the one asked for after
+    its upstream is prepared; per-run stages once per single run; train runs as Ray tasks with
+    ``train.parallel=ray``."""
     options = options or RunOptions()
     work_dir = Path(cfg.work_dir)
     names = ORDER if stage == "all" else (stage,)
@@ -160,6 +163,11 @@ def _prepare_upstream(name: str, cfg: Config, work_dir: Path, options: RunOption
 
 
 def _run_stage(name: str, cfg: Config, work_dir: Path, options: RunOptions) -> str:
+    """Run one stage (one run's folder for per-run stages) unless it is fresh: a fresh stage is
+    skipped (``--force``, and for extract ``--retry-failed`` / ``--repair``, rebuild it); a stale one is
+    rebuilt from scratch (never resumed; refused under ``--no-rerun``). The old manifest is retired
+    first, so an interrupted rebuild reads as not done; rank 0 writes the new one with the settings,
+    input hashes, outputs and summary. Returns "ran" or "skipped"."""
     stage = STAGES[name]
     run = run_name(cfg) if stage.per_run else None
     where = location(name, run)

@@ -44,6 +44,7 @@ class SyntheticSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check_ranges(self) -> "SyntheticSpec":
+        """frames_min <= frames_max and distractor_min <= distractor_max."""
         if self.frames_max < self.frames_min:
             raise ValueError(f"frames_max ({self.frames_max}) must be >= frames_min ({self.frames_min})")
         if self.distractor_max < self.distractor_min:

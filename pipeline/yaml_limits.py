@@ -34,6 +34,8 @@ class _BoundedLoader(yaml.SafeLoader):
         raise UserError(f"{self.where}: YAML refused: {what}; a config holds a few hundred values: {hint}")
 
     def compose_node(self, parent, index):
+        """PyYAML's node composition, counting aliases, depth and values (aliases expanded) against
+        the limits; one :class:`UserError` line when one is passed."""
         if self.check_event(yaml.AliasEvent):
             self.aliases += 1
             if self.aliases > MAX_ALIASES:

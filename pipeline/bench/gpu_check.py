@@ -1,24 +1,10 @@
 """``python -m pipeline bench gpu``: the acceptance check for a machine with a GPU, one verdict per line.
 
-Checks, each through the product's own code on the device:
-
-* ``extract``: frames/s of ResNet-50 (random weights) through the extract path (``FrameEncoder``:
-  uint8 frames from host memory, upload, normalisation, bf16 autocast, features back as float32)
-  against the bare bf16 forward of the same model on a tensor already on the GPU; target >= 0.9.
-* ``scores``: test-time scores (``train.loop.predict``) inside an enclosing bf16 autocast against
-  float32: the ranking of the videos must be equal; the max difference is stated, and so is what a
-  plain bf16 forward would change (why predictions are computed in float32).
-* ``epoch``: one epoch of ``baseline`` and of ``move`` (``Trainer.train_epoch``, the VideoLT recipe's
-  settings, bf16 autocast) on VideoLT-shaped features (2048-d, 1004 classes, 60 frames per clip): time
-  per epoch after a warm-up epoch, the projected VideoLT epoch (1,401 steps) and the peak GPU memory.
-* ``ddp``: a world-size-1 NCCL process group: collectives, one epoch through the trainer's all-reduce
-  path equal to the same epoch without a group, and one ``DistributedDataParallel`` step.
-* ``ray``: the Ray extract runner's model actor placed on the GPU (``num_gpus=1``), its features
-  against the in-process runner's on the same videos.
-
-Without a GPU one line says so and every check runs at a tiny size on the CPU (a dry run of the same
-code paths, no speed verdicts). Timings are bracketed by ``torch.cuda.synchronize``; memory is
-``torch.cuda.max_memory_allocated``. Sized to finish in a few minutes on one H100.
+Checks ``extract``, ``scores``, ``epoch``, ``ddp`` and ``ray``, each through the product's own code on
+the device (what each runs and its verdict: docs/benchmarks.md, "GPU acceptance check"). Without a
+GPU one line says so and every check runs at a tiny size on the CPU (a dry run of the same code
+paths, no speed verdicts). Timings are bracketed by ``torch.cuda.synchronize``; memory is
+``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations

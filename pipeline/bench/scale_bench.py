@@ -1,15 +1,10 @@
 """``python -m pipeline bench scale``: the pipeline at VideoLT's sizes, measured stage by stage.
 
-A synthetic dataset with VideoLT's class count, class-frequency shape (exponential, about 43x
-imbalance), multi-label share and val/test proportions, at several training-set sizes N, is taken
-through generation, ingest, npy import (extract), split, one training epoch of ``baseline`` and of
-``move``, and evaluate. Every stage runs as its own ``python -m pipeline run`` child process, so
-its wall time, CPU time and peak RSS (``wait4``: the largest resident set of the stage's process
-and the loader processes it waited for) are the stage's alone; the disk it leaves is summed from
-the blocks its files take. Time and memory are fitted as ``value ~ N^k`` on log-log axes.
-
-Features are small (``frames`` x ``dim`` float16 per video, default 8 x 64) so that the full
-179,334-video set fits a small machine; the report states the shape and how it extrapolates.
+A synthetic dataset of VideoLT's shape at several training-set sizes N goes through every stage,
+each as its own ``python -m pipeline run`` child process, so its wall time, CPU time and peak RSS
+(``wait4``) are the stage's alone; the disk it leaves is summed from its files' blocks. Time and
+memory are fitted as ``value ~ N^k`` on log-log axes. Features are small (default 8 x 64 float16 per
+video) so that the full set fits a small machine (docs/benchmarks.md, "Scale").
 """
 
 from __future__ import annotations

@@ -1,50 +1,8 @@
-"""A small, seeded, long-tailed set of real H.264 videos for the embedded demo.
-
-Every class is an *(object, motion direction)* pair, e.g. ``red_circle_moving_left``. Each
-direction also has its own surface pattern (plain, bands, bars, checker, ...; ``PATTERNS``), so a
-class is visible in a single frame as well as in the motion: the order-free heads every method
-uses can learn all classes, and what separates the methods is the long tail.
-
-Layout written by :func:`generate_demo` into ``out_dir``::
-
-    videos/demo_00000.mp4 ...   H.264 (libx264), yuv420p, ``spec.fps`` fps, ``spec.frames`` frames,
-                                ``spec.size`` x ``spec.size`` pixels, no B-frames
-    labels.csv                  video_id,path,labels,split   (path relative to out_dir,
-                                labels ";"-separated class indices, primary label first)
-    class_names.txt             line i = name of class i
-    annotations.jsonl           one JSON object per video (same order as labels.csv): where the
-                                labelled motion is (``motion_frames`` = [start, stop) frame
-                                indices) and each object's colour / path; for tests and debugging
-    demo.json                   seed, spec, per-class targets and counts per split and per class;
-                                written last: its presence marks a complete set
-
-Video anatomy (``spec.frames`` frames in total):
-
-* ``spec.distractor_frames`` frames are "untrimmed" context, split at random between the
-  start and the end of the clip: a different background with random static clutter and
-  no labelled object (weak, video-level labels like VideoLT).
-* the other frames show the labelled object(s) on a per-video random background (colour,
-  gradient, static noise, light temporal noise), travelling along a straight line in the
-  class' direction with a random start, distance (roughly 1/3 to 2/3 of the frame) and
-  speed profile (always monotone), with a random size and a small fixed rotation.
-
-Long tail: the train split of class ``c`` with rank ``r`` (a seeded random permutation of
-the classes) holds ``n_r = max(min_train, int(max_train * imbalance ** (r / (C - 1))))``
-videos whose *primary* label is ``c``; val and test hold ``val_per_class`` /
-``test_per_class`` videos per primary label.
-
-Multi-label videos: in every split ``round(multi_label_fraction * N_split)`` videos, chosen
-at random, show a second object with its own direction and carry a second label. The
-second class always has a different object (or, with a single object, a different
-direction). The profile above counts primary labels only and is exact for them; the
-secondary labels come on top: in train they are drawn with probability proportional to
-``n_r`` (so the total label count of a class is about ``n_r * (1 + multi_label_fraction)``
-and keeps the long-tail shape only approximately), in val/test uniformly. ``demo.json``
-records both the primary and the total label counts of every class and split.
-
-Determinism: all randomness comes from ``numpy.random.Generator`` objects seeded from
-``seed`` (one for the plan, one per video, spawned from ``numpy.random.SeedSequence(seed)``),
-so the same seed and spec give the same ``labels.csv`` bytes and the same decoded frames.
+"""A small, seeded, long-tailed set of real H.264 videos for the embedded demo: every class is an
+*(object, motion direction)* pair, e.g. ``red_circle_moving_left``, with a surface pattern per
+direction. :func:`generate_demo` writes the videos, ``labels.csv`` (the ``csv`` format),
+``class_names.txt``, ``annotations.jsonl`` and ``demo.json``; the layout, the video anatomy, the
+long tail, the multi-label videos and the seeding are described in docs/formats.md ("The demo set").
 """
 
 from __future__ import annotations
@@ -149,6 +107,8 @@ class DemoSpec:
     distractor_frames: int = 3
 
     def __post_init__(self):
+        """Normalise the fields (ints, floats, a tuple of directions) and check every one; all problems
+        are reported together in one :class:`DemoSpecError`."""
         directions = self.directions
         if isinstance(directions, str):
             directions = (directions,)
@@ -584,6 +544,7 @@ def _remove_stale_temps(out_dir: Path) -> None:
 
 
 def _counts(spec: DemoSpec, plan: dict) -> dict:
+    """Videos, multi-label videos, primary and total labels per class, per split (for demo.json)."""
     C = spec.num_classes
     out = {"videos": {}, "multi_label_videos": {}, "primary_per_class": {}, "labels_per_class": {}}
     for split in SPLITS:
@@ -604,6 +565,8 @@ def _counts(spec: DemoSpec, plan: dict) -> dict:
 
 
 def _write_set(tmp: Path, seed: int, spec: DemoSpec, progress: bool) -> None:
+    """Write the whole set into ``tmp``: every video (seeded per video), labels.csv, class_names.txt,
+    annotations.jsonl, and demo.json last."""
     plan = _plan(spec, seed)
     names = class_names(spec)
     (tmp / "videos").mkdir()
@@ -661,7 +624,7 @@ def _write_set(tmp: Path, seed: int, spec: DemoSpec, progress: bool) -> None:
 
 
 def generate_demo(out_dir, seed: int = 0, spec: DemoSpec = DemoSpec(), progress: bool = False) -> Path:
-    """Write the demo set into ``out_dir`` (see the module docstring) and return ``Path(out_dir)``.
+    """Write the demo set into ``out_dir`` (layout: docs/formats.md, "The demo set") and return ``Path(out_dir)``.
 
     The set is built in a temporary sibling directory and renamed onto ``out_dir`` only when
     complete. If ``out_dir`` already holds a complete set with the same seed and spec (and

@@ -115,6 +115,7 @@ def is_complete(out_dir: Path, spec: SyntheticSpec) -> bool:
 
 
 def _write_set(tmp: Path, spec: SyntheticSpec, progress: bool) -> None:
+    """Write the whole set into ``tmp``: features/<id>.npy, labels.csv, class_names.txt, synthetic.json."""
     videos, train_counts = plan_videos(spec)
     model = ClassModel(spec)
     (tmp / "features").mkdir()

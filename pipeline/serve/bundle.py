@@ -1,15 +1,11 @@
 """A trained model as one self-contained file, and the same description built from a work dir.
 
 A :class:`ModelBundle` is everything prediction needs: the head's weights, the method and its
-settings, the class names, counts and groups, the calibrated per-class thresholds, and how the
-features were made (backbone, weights sha256, sampling, preprocessing). :func:`bundle_from_run`
-builds it from ``<work_dir>/train/<run>/``; :func:`save_bundle` writes it as a safetensors file
-(tensors plus a JSON header, no pickled code) and :func:`load_bundle` reads it back without a
-work dir.
-
-Per-class thresholds (``--threshold val``) maximise each class's F1 on the validation split's
-scores; a class without validation positives gets :data:`FALLBACK_THRESHOLD`. They are computed
-once per checkpoint and kept in ``<work_dir>/train/<run>/thresholds.json``.
+settings, the class names, counts, groups and calibrated per-class thresholds (each class's best
+validation F1; :data:`FALLBACK_THRESHOLD` without validation positives; kept per checkpoint in
+``train/<run>/thresholds.json``), and how the features were made. :func:`bundle_from_run` builds it
+from ``<work_dir>/train/<run>/``; :func:`save_bundle` / :func:`load_bundle` write and read it as a
+safetensors file (tensors plus a JSON header, no pickled code).
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
-"""A model bundle's description checked before anything is sized by it.
+"""A model bundle's description checked before anything is sized by it (a bundle is untrusted).
 
-A bundle is a file someone hands over, so its JSON description is untrusted. :func:`check_bundle`
-refuses, in one line naming the key, a description that
-
-1. is not shaped as :func:`pipeline.serve.bundle.bundle_from_run` writes it (:class:`BundleMeta`);
-2. holds settings a run would refuse: ``settings`` and ``features.extract`` are validated by the run
-   configuration's own models (:func:`pipeline.config.validate`);
-3. sets a size that costs time or memory per video beyond :data:`PLAUSIBLE` (frames per video, image
-   size, batch sizes, worker processes), far above any real run;
-4. does not describe the tensors it holds: the head is built from the description on PyTorch's
-   ``meta`` device (shapes only, no memory) and every parameter's shape must be the file's; this
-   checks ``feature_dim``, the hidden widths, the clusters and the class count against the weights.
+:func:`check_bundle` refuses, in one line naming the key, a description that is not shaped as
+:func:`pipeline.serve.bundle.bundle_from_run` writes it (:class:`BundleMeta`); holds settings a run
+would refuse (validated by the run configuration's own models); sets a size beyond
+:data:`PLAUSIBLE`; or does not describe the tensors it holds (the head is built on PyTorch's ``meta``
+device and every parameter's shape must be the file's).
 """
 
 from __future__ import annotations

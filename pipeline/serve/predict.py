@@ -1,14 +1,11 @@
-"""Use a trained model: class scores of new raw videos (or .npy features), from a run or a bundle.
-
-    from pipeline.serve.predict import Predictor
-
-    predictor = Predictor.from_run("runs/demo")          # or Predictor.from_bundle("model.safetensors")
-    table = predictor.predict(["clip.mp4", "more_videos/"], threshold="val")
+"""Use a trained model: class scores of new raw videos (or .npy features), from a run or a bundle
+(``Predictor.from_run("runs/demo")`` or ``Predictor.from_bundle("model.safetensors")``, then
+``predictor.predict(["clip.mp4", "more_videos/"], threshold="val")``).
 
 Videos are decoded and embedded exactly as the run's extract stage did (same backbone and weights,
-checked by sha256; same sampling, resize, crop and precision; the same killable decode workers),
-stored-precision rounded like the feature store, and scored by the selected checkpoint on the
-method's test-time path. A video that cannot be read is a ``failed`` row with its reason.
+checked by sha256; same sampling, resize, crop and precision), stored-precision rounded like the
+feature store, and scored by the selected checkpoint on the method's test-time path. A video that
+cannot be read is a ``failed`` row with its reason.
 """
 
 from __future__ import annotations
@@ -139,6 +136,7 @@ class Predictor:
         return sink.features, sink.errors
 
     def _npy_features(self, items: list, progress: bool) -> tuple:
+        """``(features, errors)`` of .npy feature files (one per video), through the collector's checks."""
         sink = _Collector(self.bundle.meta["features"]["dtype"], self.bundle.meta["feature_dim"], len(items),
                           progress)
         try:
@@ -169,6 +167,8 @@ class Predictor:
 
 
 def _make_encoder(cfg, features: dict, weights: str | None, device):
+    """The run's frame encoder with the backbone weights its features were made with (refused when
+    the weights were random, the file is missing or its sha256 differs from the recorded one)."""
     from extract.encoder import encoder_from_config
 
     recorded = features.get("weights_sha256")
@@ -282,6 +282,9 @@ def _check_kind(path: Path, source: str) -> None:
 
 
 def _csv_inputs(path: Path, suffixes: tuple, videos_dir) -> list:
+    """``(video_id, file or None)`` of each row of an input CSV: the csv format (``video_id,path``) or
+    kinetics_csv's (``youtube_id,time_start,time_end``); a row without a path is looked up in
+    ``videos_dir``."""
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
