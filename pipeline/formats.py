@@ -45,10 +45,10 @@ class DatasetFormat:
 
 
 def demo_root(cfg) -> Path:
-    """Where a generated dataset lives: dataset.root, else <work_dir>/demo-data (or synthetic-data)."""
+    """Where a generated dataset lives: dataset.root, else <work_dir>/<format>-data (demo-data, synthetic-data)."""
     if cfg.dataset.root:
         return Path(cfg.dataset.root)
-    return Path(cfg.work_dir) / ("synthetic-data" if cfg.dataset.format == "synthetic" else "demo-data")
+    return Path(cfg.work_dir) / f"{cfg.dataset.format}-data"
 
 
 def _generate_demo(cfg, progress: bool) -> None:
