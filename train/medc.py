@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evaluate.metrics import average_precision
+from train.aggregators import AggregatedFeatures, aggregator_order
 from train.config import MedcConfig, MoveConfig, TrainConfig
 from train.losses import count_vector
 from train.methods import Recipe
@@ -253,27 +254,20 @@ class FrameTrunk(nn.Module):
         return F.relu(_framewise_bn(self.bn, self.fc(x)))
 
 
-class AggregatorTrunk(nn.Module):
+class AggregatorTrunk(AggregatedFeatures):
     """Shared trunk: MOVE's static ``[PSA, NetVLAD]`` video feature as a one-frame clip (B, 1, D + hidden)."""
 
     def __init__(self, in_dim: int, move: MoveConfig):
         super().__init__()
-        from train.move import (
-            MoveModel,  # the static aggregators of MOVE; its classifier is not used
-        )
-
-        agg = MoveModel(in_dim, 1, hidden=1, aggregators=move.aggregators, clusters=move.clusters,
-                        vlad_hidden=move.vlad_hidden, n_head=move.n_head, psa_dim=move.psa_dim)
-        self.psa, self.netvlad = agg.psa, agg.netvlad
-        self.out_dim = agg.feature_dim
+        self.add_aggregators(in_dim, aggregator_order(move.aggregators), clusters=move.clusters,
+                             vlad_hidden=move.vlad_hidden, n_head=move.n_head, psa_dim=move.psa_dim)
+        self.out_dim = self.feature_dim
+        # Draw (and drop) the initial weights of the one-unit classifier that earlier versions built beside
+        # the aggregators, so that the experts' initial weights, and the results, stay those of earlier runs.
+        nn.Linear(self.out_dim, 1), nn.Linear(1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = []
-        if self.psa is not None:
-            parts.append(self.psa.aggregate(x))
-        if self.netvlad is not None:
-            parts.append(self.netvlad(x))
-        return torch.cat(parts, dim=1).unsqueeze(1)
+        return self.features(x).unsqueeze(1)
 
 
 class Expert(nn.Module):

@@ -46,13 +46,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from train import augment, losses
+from train.aggregators import AggregatedFeatures, aggregator_order
 from train.config import MoveConfig, TrainConfig
 from train.losses import count_vector
 from train.methods import Recipe
-from train.models import NetVLADAggregator, NonlinearClassifier, PSAAggregator
+from train.models import NonlinearClassifier
 
 __all__ = [
     "dfs_bounds",
@@ -142,7 +142,7 @@ def random_subsets(k: torch.Tensor, frames: int, generator: torch.Generator | No
 
 # --------------------------------------------------------------------------- model
 
-class MoveModel(nn.Module):
+class MoveModel(AggregatedFeatures):
     """MOVE's aggregators and classifier. ``forward`` is the static (evaluation) path.
 
     ``features(x) = concat([PSA(x) (in_dim), NetVLAD(x) (vlad_hidden)])`` (either alone with
@@ -154,30 +154,10 @@ class MoveModel(nn.Module):
                  clusters: int = 64, vlad_hidden: int = 1024, n_head: int = 4, dropout: float = 0.5,
                  psa_dropout: float = 0.1, psa_dim: int | None = 512):
         super().__init__()
-        if aggregators not in ("psa", "netvlad", "both"):
-            raise ValueError(f"aggregators must be psa, netvlad or both, got {aggregators!r}")
         self.in_dim, self.num_classes, self.aggregators = int(in_dim), int(num_classes), aggregators
-        self.psa = self.netvlad = None
-        width = 0
-        if aggregators in ("psa", "both"):
-            self.psa = PSAAggregator(self.in_dim, n_head=n_head, d_k=psa_dim, d_v=psa_dim, dropout=psa_dropout,
-                                     attn_dropout=psa_dropout)
-            width += self.in_dim
-        if aggregators in ("netvlad", "both"):
-            self.netvlad = NetVLADAggregator(self.in_dim, clusters=clusters, hidden=vlad_hidden)
-            width += int(vlad_hidden)
-        self.feature_dim = width
-        self.classifier = NonlinearClassifier(width, self.num_classes, hidden=hidden, dropout=dropout)
-
-    # ---------------------------------------------------------------- static path
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Static aggregated features (B, feature_dim): mean-query PSA over all frames, unmasked NetVLAD."""
-        parts = []
-        if self.psa is not None:
-            parts.append(self.psa.aggregate(x))
-        if self.netvlad is not None:
-            parts.append(self.netvlad(x))
-        return torch.cat(parts, dim=1)
+        self.add_aggregators(self.in_dim, aggregator_order(aggregators), clusters=clusters, vlad_hidden=vlad_hidden,
+                             n_head=n_head, psa_dim=psa_dim, psa_dropout=psa_dropout)
+        self.classifier = NonlinearClassifier(self.feature_dim, self.num_classes, hidden=hidden, dropout=dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).unsqueeze(1))
