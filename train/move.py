@@ -1,45 +1,9 @@
 """MOVE (AAAI'23): dynamic PSA + NetVLAD aggregators, Dynamic Frame Sampler, dynamic extrapolation and
-calibrated interpolation, as in the published MOVE code (its quirks and our deviations are listed in
-docs/decisions.md, MOVE).
+calibrated interpolation, as in the published MOVE code.
 
-Training step (:meth:`Move.training_loss`), for a batch ``x`` (B, T, D) with multi-hot ``y`` (B, C):
-
-1. **DFS bound** per video: ``L_i = uint32(mean_{c in labels(i)} lb_c)`` with
-   ``lb_c = max(c~_c * T_train, sigma)`` (:func:`dfs_bounds`, :func:`video_bounds`); sampling clamps
-   ``L_i`` to ``[1, T]``.
-2. **Dynamic PSA** (:meth:`MoveModel.dynamic_psa`): per video and per view ``k ~ U{L_i..T}``, a random
-   k-subset of the clip's frames, query = its mean (also the residual); one key mask shared by both views:
-   ``k' ~ U{L_i..T}`` and a random k'-subset ``M``. ``train.compat=fixed`` keeps ``M`` as the keys (masks
-   the complement); ``reference`` excludes ``M`` from the keys as the published code does (with
-   ``k' = T`` every key is masked and the attention is uniform over all frames).
-3. **Dynamic NetVLAD** (:meth:`MoveModel.dynamic_netvlad`): input BatchNorm over the B*T frame rows, then
-   (``reference`` only) ``detach`` so the input BN's affine parameters get no gradient; per video and per
-   view keep a random ``k ~ U{L_i..T}`` subset of frames (the others are zeroed); both views are pooled
-   as one 2B batch (so the inner BatchNorms see 2B rows as in the published code, in both modes; see
-   docs/decisions.md, MOVE).
-4. **Extrapolation**: ``F_v = [PSA_v, VLAD_v]``, one ``omega ~ Beta(2,2) + 1`` per batch,
-   ``E = omega F1 + (1 - omega) F2``. Off (``move.extrapolation=false``): only one view is computed and
-   ``E = F1``.
-5. **Calibrated interpolation**: one ``lambda ~ Beta(1,1)`` per batch and ``perm = randperm(B)``
-   (:func:`train.augment.mixup`), ``X = lambda E + (1 - lambda) E[perm]``,
-   ``Y = clamp((lambda y + (1 - lambda) y[perm]) * s, 0, 1)`` with ``s_c = 1 - c~_c + gamma``
-   (:func:`calibration`). Off (``move.interpolation=false``): ``X = E`` and ``Y = y`` (no calibration
-   either: the calibration belongs to the mixing step).
-6. ``BCE_with_logits(classifier(X as a one-frame clip), Y)``, mean over B x C; **no gradient clipping**.
-
-Evaluation (``model.eval(); model(x)``) is the static path on all frames: PSA with the temporal-mean
-query and no key mask, NetVLAD without masks, ``[PSA, VLAD]`` -> ``NonlinearClassifier``.
-
-Randomness: everything comes from the batch's ``torch.Generator`` (dropout from torch's global RNG,
-which the loop seeds per epoch), drawn on the generator's device, in this order: PSA (view 1, view 2:
-``B`` float64 uniforms for ``k`` then ``(B, T)`` float32 uniforms whose ranks pick the subset; then the
-same for the key mask), NetVLAD (view 1, view 2), ``omega`` (three float64 uniforms, their median is
-Beta(2,2): the 2nd order statistic of 3 uniforms), ``lambda`` (one float64 uniform = Beta(1,1)) and
-``perm``. ``k = L + floor(u (T - L + 1))`` is uniform on ``{L..T}``; the subset of size k is the set of
-frames whose uniform ranks below k, a uniformly random k-subset.
-
-The MiniKinetics batch bug (the published Imbalanced-MiniKinetics200 MOVE applies the DFS to the first video
-of each batch only; see docs/decisions.md, MOVE) is never reproduced: the DFS runs for every video.
+:class:`Move` is the recipe of ``train.method=move`` and :class:`MoveModel` its model; the training step,
+the order of the random draws and the ``train.compat=reference`` quirks are described in docs/methods.md
+(MOVE), the deviations from the published code in docs/decisions.md (MOVE).
 """
 
 from __future__ import annotations
@@ -216,7 +180,7 @@ class MoveModel(AggregatedFeatures):
 
 
 class Move(Recipe):
-    """``train.method=move``: see the module docstring."""
+    """``train.method=move``: see docs/methods.md (MOVE)."""
 
     loss_name = "bce"
 
