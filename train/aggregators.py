@@ -50,6 +50,7 @@ class PSAAggregator(nn.Module):
         dropout: float = 0.1,
         attn_dropout: float = 0.1,
     ):
+        """``n_head`` heads of width ``d_k`` / ``d_v`` (default ``d_model / n_head``); dropouts as the reference."""
         super().__init__()
         if d_k is None or d_v is None:
             if d_model % n_head:
@@ -74,6 +75,7 @@ class PSAAggregator(nn.Module):
         key_mask: torch.Tensor | None = None,
         return_attn: bool = False,
     ):
+        """``(B, Q, D)`` (and the attention ``(B, H, Q, T)`` with ``return_attn``); see the class docstring."""
         x = as_frames(x)
         b, t, _ = x.shape
         if query is None:

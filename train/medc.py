@@ -218,7 +218,8 @@ class AggregatorTrunk(AggregatedFeatures):
         self.out_dim = self.feature_dim
         # Draw (and drop) the initial weights of the one-unit classifier that earlier versions built beside
         # the aggregators, so that the experts' initial weights, and the results, stay those of earlier runs.
-        nn.Linear(self.out_dim, 1), nn.Linear(1, 1)
+        nn.Linear(self.out_dim, 1)
+        nn.Linear(1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).unsqueeze(1)
@@ -228,6 +229,7 @@ class Expert(nn.Module):
     """One distribution expert: phi_e, mean branch, variance branch, classifier psi_e."""
 
     def __init__(self, in_dim: int, dim: int, num_classes: int, temporal_attention: bool = True):
+        """An expert of width ``dim`` on ``in_dim`` trunk features; variance branch by attention or FC + BN."""
         super().__init__()
         self.dim, self.temporal_attention = int(dim), bool(temporal_attention)
         self.phi = nn.Linear(int(in_dim), self.dim)
@@ -276,6 +278,8 @@ class MedcModel(nn.Module):
     """Trunk + experts; ``forward(x)`` = combined logits from ``z = mu`` (evaluation path)."""
 
     def __init__(self, in_dim: int, num_classes: int, medc: MedcConfig, move: MoveConfig | None = None):
+        """The trunk of ``medc.trunk`` (MOVE's aggregators sized by ``move``), the experts, and the learnable
+        loss / combination weights or the ``val`` weights buffer when ``medc`` asks for them."""
         super().__init__()
         self.in_dim, self.num_classes = int(in_dim), int(num_classes)
         self.inference = medc.inference
@@ -325,6 +329,7 @@ class Medc(Recipe):
 
     def __init__(self, name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts,
                  options: dict | None = None):
+        """The model, each expert's batch stream (``sample``), class weights and region-size targets."""
         self.name, self.cfg, self.options = name, cfg, options or {}
         self.medc = medc = self.section("medc", MedcConfig)
         counts = count_vector(class_counts)
@@ -386,6 +391,8 @@ class Medc(Recipe):
         return h, y, out
 
     def training_loss(self, x, y, chosen, generator, streams=None):
+        """Sum over the experts of ``lambda_mu L_mu + lambda_cls L_cls + lambda_sigma L_sigma`` (plus the
+        combination loss with ``inference=learned``); per-expert terms in :meth:`step_metrics`."""
         model, medc = self.model, self.medc
         self.last = {}
         h, y_h, inputs = self.expert_inputs(x, y, generator, streams)

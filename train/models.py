@@ -68,6 +68,7 @@ class AggregatorHead(AggregatedFeatures):
         psa_dropout: float = 0.1,
         psa_dim: int | None = 512,
     ):
+        """NetVLAD (``clusters``, ``vlad_hidden``) and PSA (``n_head``, ``psa_dim``) then the classifier."""
         super().__init__()
         self.in_dim = int(in_dim)
         self.num_classes = int(num_classes)

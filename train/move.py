@@ -117,6 +117,7 @@ class MoveModel(AggregatedFeatures):
     def __init__(self, in_dim: int, num_classes: int, hidden: int = 2048, aggregators: str = "both",
                  clusters: int = 64, vlad_hidden: int = 1024, n_head: int = 4, dropout: float = 0.5,
                  psa_dropout: float = 0.1, psa_dim: int | None = 512):
+        """The aggregators named by ``aggregators`` (PSA, then NetVLAD) then the classifier on their features."""
         super().__init__()
         self.in_dim, self.num_classes, self.aggregators = int(in_dim), int(num_classes), aggregators
         self.add_aggregators(self.in_dim, aggregator_order(aggregators), clusters=clusters, vlad_hidden=vlad_hidden,
@@ -186,6 +187,7 @@ class Move(Recipe):
 
     def __init__(self, name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts,
                  options: dict | None = None):
+        """The model sized by the ``move`` section, the DFS bounds and the calibration of ``class_counts``."""
         self.name, self.cfg, self.options = name, cfg, options or {}
         self.move = self.section("move", MoveConfig)
         self.reference = cfg.compat == "reference"
@@ -208,6 +210,7 @@ class Move(Recipe):
         self.criterion.set_epoch(epoch)
 
     def training_loss(self, x, y, chosen, generator):
+        """BCE of the classifier on the extrapolated, calibrated-interpolated dynamic views (docs/methods.md)."""
         model = self.model
         views = 2 if self.move.extrapolation else 1
         bounds = torch.from_numpy(video_bounds(self.lb, y).astype(np.int64))
