@@ -18,7 +18,8 @@ from evaluate.config import EvaluateConfig
 from evaluate.report import schedule_text
 from extract.config import ExtractConfig
 from train import registry as method_registry
-from train.config import SCHEDULE_KEYS, TrainConfig
+from train.config import SCHEDULE_KEYS, TrainConfig, parse_method_entry
+from train.run_settings import RunSettings
 from manifests.datasets import read_text
 from manifests.errors import UserError
 from pipeline import formats
@@ -253,7 +254,7 @@ def single_runs(cfg: Config) -> list:
     and per seed of ``seeds`` when given (the split keeps the top-level seed)."""
     runs = []
     for entry in cfg.train.methods():
-        method, _, head = entry.partition("+")
+        method, head = parse_method_entry(entry)
         train = cfg.train.model_copy(update={"method": method, "head": head or cfg.train.head})
         one = cfg.model_copy(update={"train": train})
         if cfg.seeds is None:
@@ -275,6 +276,14 @@ def run_schedule(cfg: Config) -> dict:
         value = getattr(own, key, None)
         schedule[key] = (value, f"{method}.{key}") if value is not None else (getattr(cfg.train, key), f"train.{key}")
     return schedule
+
+
+def run_settings(cfg: Config) -> RunSettings:
+    """The settings of one run (a config of :func:`single_runs`), resolved once: train.* with the run's
+    schedule (:func:`run_schedule`), the sections the method and head read (train/registry.py), the seed."""
+    train = cfg.train.model_copy(update={key: value for key, (value, _) in run_schedule(cfg).items()})
+    sections = {name: getattr(cfg, name) for name in method_registry.run_sections(train.method, train.head)}
+    return RunSettings(train, sections, cfg.seed)
 
 
 

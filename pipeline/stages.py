@@ -17,8 +17,7 @@ from manifests.ingest import stage as ingest
 from manifests.manifest import config_hash, read_manifest
 from manifests.split import stage as split
 from pipeline import formats
-from pipeline.config import Config, group_thresholds, run_name, run_schedule, split_profile, split_seed
-from train import registry as method_registry
+from pipeline.config import Config, group_thresholds, run_name, run_settings, split_profile, split_seed
 from train.config import SCHEDULE_KEYS
 
 
@@ -101,34 +100,19 @@ def run_extract_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: Run
 
 # ----------------------------------------------------------------------------------------- train
 
-def method_sections(cfg: Config) -> dict:
-    """The config sections a run reads (train/registry.py), by name: the method's own (move, medc), the
-    ones it reads too (MEDC on MOVE's aggregators reads move.*) and its head's (aggregators: move.*)."""
-    return {name: getattr(cfg, name) for name in method_registry.run_sections(cfg.train.method, cfg.train.head)}
-
-
-def method_train_config(cfg: Config):
-    """The train config a run uses: train's, with the schedule of :func:`pipeline.config.run_schedule`."""
-    return cfg.train.model_copy(update={key: value for key, (value, _) in run_schedule(cfg).items()})
-
-
 def train_settings(cfg: Config) -> dict:
-    """The train config a run depends on, with the sections it reads (move, medc) when it has any."""
-    train = method_train_config(cfg)
-    settings = {**train.model_dump(exclude=set(train.DISPATCH_KEYS)), "seed": cfg.seed}
-    settings.update({name: section.model_dump() for name, section in method_sections(cfg).items()})
-    return settings
+    """The settings record a train run depends on (its config hash): :func:`pipeline.config.run_settings`."""
+    return run_settings(cfg).to_dict()
 
 
 def run_train_stage(cfg: Config, stage_dir: Path, work_dir: Path, options: RunOptions) -> StageResult:
+    """Train one run (a config of :func:`pipeline.config.single_runs`) on the extract and split stages' outputs."""
     from train.stage import run_train
 
-    settings = train_settings(cfg)
     upstream = {name: sha256_file(work_dir / name / "manifest.json") for name in ("extract", "split")}
-    identity = {"config_hash": config_hash(settings), "settings": settings, "upstream": config_hash(upstream)}
-    summary, outputs = run_train(method_train_config(cfg), work_dir / "extract", work_dir / "split", stage_dir,
-                                 seed=cfg.seed, method_options=method_sections(cfg), identity=identity,
-                                 resume=options.resume == "auto" and not options.force, progress=options.progress)
+    summary, outputs = run_train(run_settings(cfg), work_dir / "extract", work_dir / "split", stage_dir,
+                                 upstream=config_hash(upstream), resume=options.resume == "auto" and not options.force,
+                                 progress=options.progress)
     return StageResult(outputs, summary)
 
 

@@ -18,6 +18,17 @@ HEADS = ("lateavg", "aggregators")
 SCHEDULE_KEYS = ("epochs", "lr", "lr_steps", "batch_size")
 
 
+def parse_method_entry(entry: str) -> tuple:
+    """``(method, head)`` of a ``train.method`` entry ``<method>`` or ``<method>+<head>`` (head None without +)."""
+    method, plus, head = entry.partition("+")
+    return method, (head if plus else None)
+
+
+def method_entry(method: str, head: str) -> str:
+    """The entry (and run folder name) of ``method`` on ``head``: the method, plus the head when not the default."""
+    return method if head == "lateavg" else f"{method}+{head}"
+
+
 class TrainConfig(BaseModel):
     """Settings of `train`: method, head, schedule, data loading, selection protocol."""
 
@@ -66,12 +77,12 @@ class TrainConfig(BaseModel):
         if isinstance(value, list) and not value:
             raise ValueError("give at least one method")
         for entry in value if isinstance(value, list) else [value]:
-            method, plus, head = entry.partition("+")
+            method, head = parse_method_entry(entry)
             spec = registry.METHODS.get(method)
-            if spec is None or (plus and (head not in HEADS or spec.own_head)):
+            if spec is None or (head is not None and (head not in HEADS or spec.own_head)):
                 raise ValueError(f"unknown method {entry!r}; valid: {registry.names_message()} (in a list also "
                                  f"<method>+aggregators, except for {' and '.join(registry.own_head_names())})")
-            if plus and not isinstance(value, list):
+            if head is not None and not isinstance(value, list):
                 raise ValueError(f"{entry!r}: set train.head={head} for a single method")
         return value
 
@@ -82,7 +93,7 @@ class TrainConfig(BaseModel):
     def run_name(self) -> str:
         """Folder name of a single-method run: the method, plus the head when not the default."""
         (method,) = self.methods()
-        return method if self.head == "lateavg" else f"{method}+{self.head}"
+        return method_entry(method, self.head)
 
 
 class MoveConfig(BaseModel):

@@ -1,55 +1,9 @@
-"""MEDC (Hu, Gao, Xu, TMM'23): multi-expert distribution calibration (no public code; our reading of
-the paper, every interpretation and its evidence in docs/decisions.md, section "MEDC").
+"""MEDC (Hu, Gao, Xu, TMM'23): multi-expert distribution calibration (no public code; our reading).
 
-Model (:class:`MedcModel`):
-
-* **trunk** shared by the experts: ``medc.trunk=mlp`` a frame-wise ``Linear(D->H) + BN + ReLU``
-  (BN over the B*T frame rows); ``medc.trunk=aggregators`` MOVE's static PSA + NetVLAD aggregated
-  video feature ``[PSA (D), VLAD (vlad_hidden)]`` as a one-frame clip (B, 1, D + vlad_hidden), sized by
-  the ``move`` config section.
-* one :class:`Expert` per name in ``medc.experts`` (``lt``, ``uni``, ``inv``): frame-wise
-  ``phi_e = Linear(->d) + BN + ReLU``; mean branch ``mu = mean_t BN(FC(h_e))``; variance branch on the
-  centred frames ``r_t = h_{e,t} - mu``: temporal attention ``A = softmax(f_q(r) f_k(r)^T / sqrt(d))``,
-  ``sigma = softplus(mean_t (A f_v(|r|))_t)`` (``medc.temporal_attention=false``:
-  ``softplus(mean_t BN(FC(|r_t|)))``); classifier ``psi_e = Linear(d->C)``.
-* training ``z = mu + eps * sigma`` (``eps ~ N(0, I)`` from the batch generator; ``medc.noise=false``:
-  ``z = mu``), evaluation ``z = mu``.
-* ``forward(x)`` (the evaluation / prediction path) combines the experts' ``psi_e(mu_e)``
-  (:func:`combine_experts`): ``medc.inference=probabilities`` returns ``logit(mean_e sigmoid(s_e))``
-  computed exactly as ``logsumexp_e logsigmoid(s_e) - logsumexp_e logsigmoid(-s_e)`` (finite, no
-  clamping, so rankings are not flattened by saturation); ``logits`` returns ``mean_e s_e``; ``learned``
-  and ``val`` weight the probability average by ``softmax(combine_logits)`` (trained by a BCE on the
-  combination of detached evaluation-path expert logits) or by ``val_weights`` (chosen after training
-  on the selection split's mAP over a simplex grid, :func:`choose_expert_weights`).
-
-What the experts see (``medc.expert_input``):
-
-* ``sample`` (default): each expert trains on its own batch stream drawn from the whole training set
-  every step (the training loop's extra streams, :attr:`Medc.streams`): ``lt`` the loop's shuffled
-  batch, ``uni`` class-balanced draws, ``inv`` classes drawn ∝ ``resort(n)`` (``train.samplers``).
-  The trunk runs once on the rows of every stream an expert uses.
-* ``reweight`` (ablation): one shared batch, per-class BCE weights :func:`expert_class_weights`.
-* ``batch_resample`` (ablation): the trunk runs once on the batch; ``lt`` sees it as is, ``uni`` / ``inv``
-  see B rows re-drawn with replacement (``torch.multinomial`` with the generator) with per-video
-  probability proportional to the mean over its labels of that expert's class weight.
-
-Loss (:meth:`Medc.training_loss`), summed over the experts:
-``lambda_mu * L_mu + lambda_cls * L_cls + lambda_sigma * L_sigma`` with
-
-* ``L_cls,e``: :func:`classification_loss`, BCE-with-logits summed over classes and averaged over the
-  expert's videos (``medc.cls_reduction=mean``: mean over B x C);
-* ``L_mu,e``: :func:`sorting_loss` (supervised contrastive on L2-normalised ``mu``, temperature tau);
-* ``L_sigma,e``: :func:`region_loss` with the per-class targets of :func:`region_targets`
-  (``medc.region_a`` / ``region_b``).
-
-``medc.learnable_weights=true`` replaces the three lambdas by ``softmax(model.loss_logits)``
-(initialised to the configured lambdas normalised to sum 1). Each term is logged per expert
-(:meth:`Medc.step_metrics`).
-
-Randomness, in this order per expert (``medc.experts`` order): the re-sampled rows (``batch_resample``,
-``uni``/``inv`` only), then ``eps`` (float32 standard normals of shape (rows, d)); all from the batch
-generator, drawn on its device. The ``sample`` streams are drawn by the training loop from (seed,
-epoch, stream name).
+:class:`Medc` is the recipe of ``train.method=medc`` and :class:`MedcModel` its model (a shared trunk and
+one :class:`Expert` per name in ``medc.experts``); the model, what each expert sees, the loss and the
+order of the random draws are described in docs/methods.md (MEDC), every interpretation and its
+evidence in docs/decisions.md (MEDC).
 """
 
 from __future__ import annotations
@@ -63,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evaluate.metrics import average_precision
+from train.aggregators import AggregatedFeatures, aggregator_order
 from train.config import MedcConfig, MoveConfig, TrainConfig
 from train.losses import count_vector
 from train.methods import Recipe
@@ -253,33 +208,28 @@ class FrameTrunk(nn.Module):
         return F.relu(_framewise_bn(self.bn, self.fc(x)))
 
 
-class AggregatorTrunk(nn.Module):
+class AggregatorTrunk(AggregatedFeatures):
     """Shared trunk: MOVE's static ``[PSA, NetVLAD]`` video feature as a one-frame clip (B, 1, D + hidden)."""
 
     def __init__(self, in_dim: int, move: MoveConfig):
         super().__init__()
-        from train.move import (
-            MoveModel,  # the static aggregators of MOVE; its classifier is not used
-        )
-
-        agg = MoveModel(in_dim, 1, hidden=1, aggregators=move.aggregators, clusters=move.clusters,
-                        vlad_hidden=move.vlad_hidden, n_head=move.n_head, psa_dim=move.psa_dim)
-        self.psa, self.netvlad = agg.psa, agg.netvlad
-        self.out_dim = agg.feature_dim
+        self.add_aggregators(in_dim, aggregator_order(move.aggregators), clusters=move.clusters,
+                             vlad_hidden=move.vlad_hidden, n_head=move.n_head, psa_dim=move.psa_dim)
+        self.out_dim = self.feature_dim
+        # Draw (and drop) the initial weights of the one-unit classifier that earlier versions built beside
+        # the aggregators, so that the experts' initial weights, and the results, stay those of earlier runs.
+        nn.Linear(self.out_dim, 1)
+        nn.Linear(1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = []
-        if self.psa is not None:
-            parts.append(self.psa.aggregate(x))
-        if self.netvlad is not None:
-            parts.append(self.netvlad(x))
-        return torch.cat(parts, dim=1).unsqueeze(1)
+        return self.features(x).unsqueeze(1)
 
 
 class Expert(nn.Module):
     """One distribution expert: phi_e, mean branch, variance branch, classifier psi_e."""
 
     def __init__(self, in_dim: int, dim: int, num_classes: int, temporal_attention: bool = True):
+        """An expert of width ``dim`` on ``in_dim`` trunk features; variance branch by attention or FC + BN."""
         super().__init__()
         self.dim, self.temporal_attention = int(dim), bool(temporal_attention)
         self.phi = nn.Linear(int(in_dim), self.dim)
@@ -328,6 +278,8 @@ class MedcModel(nn.Module):
     """Trunk + experts; ``forward(x)`` = combined logits from ``z = mu`` (evaluation path)."""
 
     def __init__(self, in_dim: int, num_classes: int, medc: MedcConfig, move: MoveConfig | None = None):
+        """The trunk of ``medc.trunk`` (MOVE's aggregators sized by ``move``), the experts, and the learnable
+        loss / combination weights or the ``val`` weights buffer when ``medc`` asks for them."""
         super().__init__()
         self.in_dim, self.num_classes = int(in_dim), int(num_classes)
         self.inference = medc.inference
@@ -373,10 +325,11 @@ STREAM_MODES = {"uni": "cbs", "inv": "inv"}  # expert -> ClassAwareSampler mode 
 
 
 class Medc(Recipe):
-    """``train.method=medc``: see the module docstring."""
+    """``train.method=medc``: see docs/methods.md (MEDC)."""
 
     def __init__(self, name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts,
                  options: dict | None = None):
+        """The model, each expert's batch stream (``sample``), class weights and region-size targets."""
         self.name, self.cfg, self.options = name, cfg, options or {}
         self.medc = medc = self.section("medc", MedcConfig)
         counts = count_vector(class_counts)
@@ -438,6 +391,8 @@ class Medc(Recipe):
         return h, y, out
 
     def training_loss(self, x, y, chosen, generator, streams=None):
+        """Sum over the experts of ``lambda_mu L_mu + lambda_cls L_cls + lambda_sigma L_sigma`` (plus the
+        combination loss with ``inference=learned``); per-expert terms in :meth:`step_metrics`."""
         model, medc = self.model, self.medc
         self.last = {}
         h, y_h, inputs = self.expert_inputs(x, y, generator, streams)

@@ -1,58 +1,22 @@
 """MOVE (AAAI'23): dynamic PSA + NetVLAD aggregators, Dynamic Frame Sampler, dynamic extrapolation and
-calibrated interpolation, as in the published MOVE code (its quirks and our deviations are listed in
-docs/decisions.md, MOVE).
+calibrated interpolation, as in the published MOVE code.
 
-Training step (:meth:`Move.training_loss`), for a batch ``x`` (B, T, D) with multi-hot ``y`` (B, C):
-
-1. **DFS bound** per video: ``L_i = uint32(mean_{c in labels(i)} lb_c)`` with
-   ``lb_c = max(c~_c * T_train, sigma)`` (:func:`dfs_bounds`, :func:`video_bounds`); sampling clamps
-   ``L_i`` to ``[1, T]``.
-2. **Dynamic PSA** (:meth:`MoveModel.dynamic_psa`): per video and per view ``k ~ U{L_i..T}``, a random
-   k-subset of the clip's frames, query = its mean (also the residual); one key mask shared by both views:
-   ``k' ~ U{L_i..T}`` and a random k'-subset ``M``. ``train.compat=fixed`` keeps ``M`` as the keys (masks
-   the complement); ``reference`` excludes ``M`` from the keys as the published code does (with
-   ``k' = T`` every key is masked and the attention is uniform over all frames).
-3. **Dynamic NetVLAD** (:meth:`MoveModel.dynamic_netvlad`): input BatchNorm over the B*T frame rows, then
-   (``reference`` only) ``detach`` so the input BN's affine parameters get no gradient; per video and per
-   view keep a random ``k ~ U{L_i..T}`` subset of frames (the others are zeroed); both views are pooled
-   as one 2B batch (so the inner BatchNorms see 2B rows as in the published code, in both modes; see
-   docs/decisions.md, MOVE).
-4. **Extrapolation**: ``F_v = [PSA_v, VLAD_v]``, one ``omega ~ Beta(2,2) + 1`` per batch,
-   ``E = omega F1 + (1 - omega) F2``. Off (``move.extrapolation=false``): only one view is computed and
-   ``E = F1``.
-5. **Calibrated interpolation**: one ``lambda ~ Beta(1,1)`` per batch and ``perm = randperm(B)``
-   (:func:`train.augment.mixup`), ``X = lambda E + (1 - lambda) E[perm]``,
-   ``Y = clamp((lambda y + (1 - lambda) y[perm]) * s, 0, 1)`` with ``s_c = 1 - c~_c + gamma``
-   (:func:`calibration`). Off (``move.interpolation=false``): ``X = E`` and ``Y = y`` (no calibration
-   either: the calibration belongs to the mixing step).
-6. ``BCE_with_logits(classifier(X as a one-frame clip), Y)``, mean over B x C; **no gradient clipping**.
-
-Evaluation (``model.eval(); model(x)``) is the static path on all frames: PSA with the temporal-mean
-query and no key mask, NetVLAD without masks, ``[PSA, VLAD]`` -> ``NonlinearClassifier``.
-
-Randomness: everything comes from the batch's ``torch.Generator`` (dropout from torch's global RNG,
-which the loop seeds per epoch), drawn on the generator's device, in this order: PSA (view 1, view 2:
-``B`` float64 uniforms for ``k`` then ``(B, T)`` float32 uniforms whose ranks pick the subset; then the
-same for the key mask), NetVLAD (view 1, view 2), ``omega`` (three float64 uniforms, their median is
-Beta(2,2): the 2nd order statistic of 3 uniforms), ``lambda`` (one float64 uniform = Beta(1,1)) and
-``perm``. ``k = L + floor(u (T - L + 1))`` is uniform on ``{L..T}``; the subset of size k is the set of
-frames whose uniform ranks below k, a uniformly random k-subset.
-
-The MiniKinetics batch bug (the published Imbalanced-MiniKinetics200 MOVE applies the DFS to the first video
-of each batch only; see docs/decisions.md, MOVE) is never reproduced: the DFS runs for every video.
+:class:`Move` is the recipe of ``train.method=move`` and :class:`MoveModel` its model; the training step,
+the order of the random draws and the ``train.compat=reference`` quirks are described in docs/methods.md
+(MOVE), the deviations from the published code in docs/decisions.md (MOVE).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from train import augment, losses
+from train.aggregators import AggregatedFeatures, aggregator_order
 from train.config import MoveConfig, TrainConfig
 from train.losses import count_vector
 from train.methods import Recipe
-from train.models import NetVLADAggregator, NonlinearClassifier, PSAAggregator
+from train.models import NonlinearClassifier
 
 __all__ = [
     "dfs_bounds",
@@ -142,7 +106,7 @@ def random_subsets(k: torch.Tensor, frames: int, generator: torch.Generator | No
 
 # --------------------------------------------------------------------------- model
 
-class MoveModel(nn.Module):
+class MoveModel(AggregatedFeatures):
     """MOVE's aggregators and classifier. ``forward`` is the static (evaluation) path.
 
     ``features(x) = concat([PSA(x) (in_dim), NetVLAD(x) (vlad_hidden)])`` (either alone with
@@ -153,31 +117,12 @@ class MoveModel(nn.Module):
     def __init__(self, in_dim: int, num_classes: int, hidden: int = 2048, aggregators: str = "both",
                  clusters: int = 64, vlad_hidden: int = 1024, n_head: int = 4, dropout: float = 0.5,
                  psa_dropout: float = 0.1, psa_dim: int | None = 512):
+        """The aggregators named by ``aggregators`` (PSA, then NetVLAD) then the classifier on their features."""
         super().__init__()
-        if aggregators not in ("psa", "netvlad", "both"):
-            raise ValueError(f"aggregators must be psa, netvlad or both, got {aggregators!r}")
         self.in_dim, self.num_classes, self.aggregators = int(in_dim), int(num_classes), aggregators
-        self.psa = self.netvlad = None
-        width = 0
-        if aggregators in ("psa", "both"):
-            self.psa = PSAAggregator(self.in_dim, n_head=n_head, d_k=psa_dim, d_v=psa_dim, dropout=psa_dropout,
-                                     attn_dropout=psa_dropout)
-            width += self.in_dim
-        if aggregators in ("netvlad", "both"):
-            self.netvlad = NetVLADAggregator(self.in_dim, clusters=clusters, hidden=vlad_hidden)
-            width += int(vlad_hidden)
-        self.feature_dim = width
-        self.classifier = NonlinearClassifier(width, self.num_classes, hidden=hidden, dropout=dropout)
-
-    # ---------------------------------------------------------------- static path
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Static aggregated features (B, feature_dim): mean-query PSA over all frames, unmasked NetVLAD."""
-        parts = []
-        if self.psa is not None:
-            parts.append(self.psa.aggregate(x))
-        if self.netvlad is not None:
-            parts.append(self.netvlad(x))
-        return torch.cat(parts, dim=1)
+        self.add_aggregators(self.in_dim, aggregator_order(aggregators), clusters=clusters, vlad_hidden=vlad_hidden,
+                             n_head=n_head, psa_dim=psa_dim, psa_dropout=psa_dropout)
+        self.classifier = NonlinearClassifier(self.feature_dim, self.num_classes, hidden=hidden, dropout=dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).unsqueeze(1))
@@ -236,12 +181,13 @@ class MoveModel(nn.Module):
 
 
 class Move(Recipe):
-    """``train.method=move``: see the module docstring."""
+    """``train.method=move``: see docs/methods.md (MOVE)."""
 
     loss_name = "bce"
 
     def __init__(self, name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts,
                  options: dict | None = None):
+        """The model sized by the ``move`` section, the DFS bounds and the calibration of ``class_counts``."""
         self.name, self.cfg, self.options = name, cfg, options or {}
         self.move = self.section("move", MoveConfig)
         self.reference = cfg.compat == "reference"
@@ -264,6 +210,7 @@ class Move(Recipe):
         self.criterion.set_epoch(epoch)
 
     def training_loss(self, x, y, chosen, generator):
+        """BCE of the classifier on the extrapolated, calibrated-interpolated dynamic views (docs/methods.md)."""
         model = self.model
         views = 2 if self.move.extrapolation else 1
         bounds = torch.from_numpy(video_bounds(self.lb, y).astype(np.int64))

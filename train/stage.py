@@ -13,9 +13,9 @@ from manifests.errors import UserError
 from manifests.files import atomic_path
 from manifests.manifest import read_manifest
 from train import checkpoints, distributed, methods
-from train.config import TrainConfig
 from train.data import FeatureBank
 from train.loop import SplitData, Trainer, derived_seed, scores_for_metrics
+from train.run_settings import RunSettings
 from train.schedule import check_schedule
 
 log = logging.getLogger("pipeline")
@@ -33,15 +33,14 @@ def load_splits(split_dir: Path, bank_ids: list) -> dict:
     return out
 
 
-def run_train(cfg: TrainConfig, extract_dir: Path, split_dir: Path, run_dir: Path, *, seed: int,
-              identity: dict, method_options: dict | None = None, resume: bool = True,
-              progress: bool = True) -> tuple:
-    """Train ``cfg``'s single method; write checkpoints, logs and test predictions.
+def run_train(run: RunSettings, extract_dir: Path, split_dir: Path, run_dir: Path, *, upstream: str,
+              resume: bool = True, progress: bool = True) -> tuple:
+    """Train ``run``'s method; write checkpoints, logs and test predictions.
 
-    Returns ``(summary, output file names)``. ``identity`` (config hash etc.) guards resuming;
-    ``method_options`` holds the sections of methods that have one (``{"move": MoveConfig, ...}``).
+    Returns ``(summary, output file names)``. ``upstream`` (the hash of the extract and split manifests)
+    enters the run identity (:meth:`RunSettings.identity`) that guards resuming.
     """
-    (method,) = cfg.methods()
+    cfg, method, seed = run.train, run.method, run.seed
     split_summary = read_manifest(split_dir).summary
     thresholds = split_summary["thresholds"]
     classes = tables.read_classes(split_dir)
@@ -61,10 +60,10 @@ def run_train(cfg: TrainConfig, extract_dir: Path, split_dir: Path, run_dir: Pat
     counts = classes.train_count.to_numpy()
     torch.manual_seed(derived_seed(seed))  # the initial weights
     try:
-        recipe = methods.build(method, cfg, bank.dim, len(classes), counts, method_options or {})
+        recipe = methods.build(method, cfg, bank.dim, len(classes), counts, run.sections)
     except ValueError as exc:  # e.g. an unknown loss parameter in train.loss
         raise UserError(f"train.method={method}: {exc}") from None
-    identity = {**identity, "method": method, "num_classes": len(classes), "feature_dim": bank.dim}
+    identity = run.identity(upstream, len(classes), bank.dim)
     trainer = Trainer(recipe, cfg, bank, load_splits(split_dir, bank_ids), counts, seed, run_dir,
                       identity, (thresholds["head"], thresholds["tail"]), progress=progress)
     if not resume:

@@ -49,13 +49,12 @@ class ModelBundle:
 
     def build_model(self):
         """The head in eval mode on the CPU, with the bundle's weights."""
-        from train import methods, registry
+        from train import methods
+        from train.run_settings import RunSettings
 
-        settings = self.meta["settings"]
-        options = {name: model(**settings[name]) for name, model in registry.section_models().items()
-                   if name in settings}
-        recipe = methods.build(self.meta["method"], train_config(settings), self.meta["feature_dim"],
-                               len(self.class_names), np.asarray(self.meta["classes"]["train_counts"]), options)
+        run = RunSettings.from_dict(self.meta["settings"])
+        recipe = methods.build(self.meta["method"], run.train, self.meta["feature_dim"],
+                               len(self.class_names), np.asarray(self.meta["classes"]["train_counts"]), run.sections)
         try:
             recipe.model.load_state_dict(self.state)
         except RuntimeError as exc:
@@ -66,9 +65,9 @@ class ModelBundle:
 
 def train_config(settings: dict):
     """The :class:`train.config.TrainConfig` of a train run's recorded settings."""
-    from train.config import TrainConfig
+    from train.run_settings import RunSettings
 
-    return TrainConfig.model_validate({k: v for k, v in settings.items() if k in TrainConfig.model_fields})
+    return RunSettings.from_dict(settings).train
 
 
 # ------------------------------------------------------------------------------ from a work dir

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from train import models
-from train.models import AggregatorHead, NetVLADAggregator, NonlinearClassifier, PSAAggregator
+from train.aggregators import NetVLADAggregator, PSAAggregator
+from train.models import AggregatorHead, NonlinearClassifier
 
 
 def n_params(m):
