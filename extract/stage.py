@@ -1,18 +1,10 @@
 """The extract stage: videos (or released .npy features) -> feature store + videos.parquet.
 
-Files under the stage directory:
-
-    shard-NNNNN.h5      complete feature shards (see extract/store.py)
-    failures.jsonl      one JSON line per failed attempt (append-only; the latest per video counts)
-    videos.parquet      one row per input video (video_id, status, num_frames, shard, decoder, error)
-    npy_report.csv      per-file report of an npy import (source=npy)
-    extract.log         log of every run in this directory
-    corrupt/            shards moved aside by repair
-
 A run: check the inputs, open the store already there (partial files removed, damaged shards
 refused or moved aside with --repair), plan the videos still missing, compute them with a runner
 (extract/inprocess.py, extract/ray_runner.py or extract/npy_import.py, each handing finished videos
 to extract/jobs.py's ResultSink), then write videos.parquet and the summary from what is on disk.
+The files of the stage directory: docs/formats.md ("Feature store").
 """
 
 from __future__ import annotations

@@ -81,6 +81,7 @@ class ShardWriter:
 
     def __init__(self, directory: Path, name: str, feature_dim: int, dtype: str = "float16",
                  attrs: Optional[dict] = None):
+        """Start shard `name` in `directory`: features stream to its .bin.partial file."""
         self.dir = Path(directory)
         self.name = name
         self.final = self.dir / name
@@ -214,6 +215,8 @@ class ShardWriter:
         return self.final
 
     def _write_h5(self) -> None:
+        """Write the .h5.partial file: the streamed features (copied in 64 MB steps), the per-row and
+        per-video datasets, and the attributes (dicts as JSON strings)."""
         total = self.num_frames
         d = self.feature_dim
         raw = np.memmap(self.tmp_bin, dtype=self.dtype, mode="r", shape=(total, d)) if total else None
@@ -363,6 +366,8 @@ class FeatureStore:
 
     def __init__(self, path: str | os.PathLike, *, on_corrupt: str = "raise", deep_verify: bool = False,
                  max_open: int = 128):
+        """Index every complete shard of `path` (see docs/formats.md); a UserError when shards of
+        different extract settings are mixed."""
         self.path = Path(path)
         if not self.path.is_dir():
             raise UserError(f"feature store not found: {self.path} is not a directory (run the extract stage first)")
