@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from evaluate.metrics import compute, scalars
 from manifests import devices, resources
-from manifests.devices import autocast
 from manifests.datasets import multi_hot
+from manifests.devices import autocast
 from manifests.errors import StageFailed
 from manifests.files import write_text_atomic
 from train import checkpoints, distributed
