@@ -8,7 +8,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .registry import BackboneError, Preprocessing, lookup, names_message
+from .backbones import BackboneError, Preprocessing
+from .registry import lookup, names_message
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -103,7 +104,8 @@ class ExtractConfig(BaseModel):
         return dataclasses.replace(pre, resize=self.resize or pre.resize, crop=self.crop or pre.crop)
 
     def fingerprint_fields(self) -> dict:
-        """The settings that change the stored features (used to refuse mixing two configs)."""
+        """The settings that change the stored features (used to refuse mixing two configs); recorded
+        in every shard's ``config`` attribute."""
         pre = self.preprocessing()
         d = {
             "source": self.source,
@@ -119,6 +121,5 @@ class ExtractConfig(BaseModel):
         else:
             d["fps"] = self.fps
             d["max_frames"] = self.max_frames
-        if self.backbone == "tsm_r50":
-            d["tsm_grouping"] = self.tsm_grouping
+        d.update(lookup(self.backbone).fingerprint_fields(self))  # e.g. tsm_r50's clip grouping
         return d

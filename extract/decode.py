@@ -1,8 +1,5 @@
-"""Video decoding: decord first, PyAV fallback, preprocessing while decoding, killable workers.
-
-This module must not import torch: decode workers are spawned processes that only need
-numpy, PIL, decord and av.
-
+"""Video decoding: decord first, PyAV fallback, preprocessing while decoding, killable workers
+(spawned processes that need only numpy, PIL, decord and av: this module must not import torch).
 A decode is a stream of events (tuples) so that memory never grows with the video's length:
 
     ("meta",   {"decoder", "n_frames_meta", "fps", "height", "width", "indices"})
@@ -421,6 +418,7 @@ class DecodePool:
 
     # -- process management
     def _spawn(self):
+        """Start one decode worker process; returns (process, connection)."""
         # A fresh interpreter (not multiprocessing's spawn, which re-imports the caller's __main__):
         # works from any caller (scripts, stdin, notebooks) and never inherits torch's threads.
         a, b = socket.socketpair()
@@ -438,6 +436,7 @@ class DecodePool:
         return p, conn
 
     def _kill(self, p, conn) -> None:
+        """Close the connection and kill the worker process (either may be None)."""
         try:
             if conn is not None:
                 conn.close()
@@ -463,6 +462,8 @@ class DecodePool:
         return False
 
     def _pump(self, conn, p, job, outq, state) -> str:
+        """Forward the worker's events of `job` to `outq` until the video ends: "ok", "timeout" (no event
+        for timeout_s), "died" (the worker is gone) or "stopped" (the pool is closing)."""
         while not self._stop.is_set():
             try:
                 ready = conn.poll(self.timeout_s)
@@ -485,6 +486,9 @@ class DecodePool:
         return "stopped"
 
     def _slot(self, jobq: queue.Queue, outq: queue.Queue) -> None:
+        """One worker slot (a thread): take jobs until the queue is empty, (re)spawning its worker process
+        every max_jobs_per_worker jobs or after a failure; a decord timeout or crash under decoder=auto
+        resets the video and retries it with PyAV, any other failure is the video's error event."""
         p = conn = None
         served = 0
         try:
@@ -532,6 +536,8 @@ class DecodePool:
             self._put(outq, (None, ("__slot_done__",)))
 
     def imap(self, jobs: Iterable[DecodeJob]) -> Iterator[tuple[DecodeJob, tuple]]:
+        """Decode `jobs` on up to num_workers slots; yields (job, event) as the events arrive (the events
+        of one video in order, videos interleaved). Closing the iterator stops the pool."""
         jobq: queue.Queue = queue.Queue()
         n = 0
         for j in jobs:

@@ -76,6 +76,7 @@ class ResultSink:
 
     def __init__(self, stage_dir: Path, cfg: ExtractConfig, attrs: dict, feature_dim: int, first_shard: int,
                  pbar=None):
+        """Shards go to `stage_dir`, numbered from `first_shard`, each with the run's `attrs`."""
         self.dir = stage_dir
         self.cfg = cfg
         self.attrs = attrs

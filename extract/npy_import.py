@@ -118,6 +118,8 @@ def prepare_npy(cfg, todo: list, stage_dir: Path) -> NpyPlan:
 
 
 def run_npy(plan: NpyPlan, sink, stop) -> None:
+    """Import the planned .npy files into `sink` (a NaN/Inf array or an unreadable file fails its video)
+    until `stop` is set, then write npy_report.csv (one row per file)."""
     rows = []
     for it in plan.items:
         if stop.is_set():

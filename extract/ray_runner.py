@@ -192,6 +192,7 @@ class _Run:
     videos parked while no actor is up, and `ready` probes of the actors that went down."""
 
     def __init__(self, runner: RayRunner, todo: list, sink):
+        """The run of `todo` ([(video_id, path)]) on `runner`'s actors, finished videos to `sink`."""
         self.runner, self.ray, self.cfg, self.sink = runner, runner._ray, runner.cfg, sink
         self.decode = self.ray.remote(_decode_in_task).options(num_cpus=1, max_retries=1, num_returns=2)
         self.paths = dict(todo)

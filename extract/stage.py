@@ -1,18 +1,10 @@
 """The extract stage: videos (or released .npy features) -> feature store + videos.parquet.
 
-Files under the stage directory:
-
-    shard-NNNNN.h5      complete feature shards (see extract/store.py)
-    failures.jsonl      one JSON line per failed attempt (append-only; the latest per video counts)
-    videos.parquet      one row per input video (video_id, status, num_frames, shard, decoder, error)
-    npy_report.csv      per-file report of an npy import (source=npy)
-    extract.log         log of every run in this directory
-    corrupt/            shards moved aside by repair
-
 A run: check the inputs, open the store already there (partial files removed, damaged shards
 refused or moved aside with --repair), plan the videos still missing, compute them with a runner
 (extract/inprocess.py, extract/ray_runner.py or extract/npy_import.py, each handing finished videos
 to extract/jobs.py's ResultSink), then write videos.parquet and the summary from what is on disk.
+The files of the stage directory: docs/formats.md ("Feature store").
 """
 
 from __future__ import annotations
@@ -35,12 +27,13 @@ from typing import Callable, NoReturn, Optional, Sequence
 import pandas as pd
 
 from manifests.errors import StageFailed, UserError
-from manifests.files import atomic_path
+from manifests.files import atomic_path, sha256_file
 
 from .config import ExtractConfig
 from .inprocess import run_inprocess
 from .jobs import FAILURES_FILE, ResultSink, load_failures, log
 from .ray_runner import RayRunner
+from .registry import lookup
 from .store import CorruptShardError, FeatureStore, first_free_shard, read_shard_index, remove_partials
 
 _FILE_ONLY = {"file_only": True}  # extra= of a record meant for extract.log only (already printed otherwise)
@@ -70,15 +63,6 @@ def package_versions(source: str = "videos") -> dict:
     return out
 
 
-def transform_attrs(cfg: ExtractConfig) -> dict:
-    """The preprocessing in force (the backbone's registry entry or timm data config, with the
-    config's resize / crop), as stored in the shard attributes."""
-    pre = cfg.preprocessing()
-    return {"resize_short_side": pre.resize, "interpolation": f"{pre.interpolation}, antialiased (PIL)",
-            "center_crop": pre.crop, "colour": "RGB", "scale": "1/255", "mean": list(pre.mean),
-            "std": list(pre.std)}
-
-
 def sampling_attrs(cfg: ExtractConfig) -> dict:
     """The frame sampling in force, as stored in the shard attributes."""
     if cfg.sampling == "fixed":
@@ -96,8 +80,7 @@ def weights_identity(cfg: ExtractConfig) -> str:
         if not os.path.isfile(cfg.weights):
             raise UserError(f"extract.weights: file not found: {cfg.weights}; give the path of an existing "
                             "weights file, or leave extract.weights empty to use the package/cache weights")
-        from .backbones import file_sha256
-        return "sha256:" + file_sha256(cfg.weights)
+        return "sha256:" + sha256_file(cfg.weights)
     return "default" if cfg.pretrained else "random"
 
 
@@ -376,7 +359,7 @@ def _plan(inputs: list, store: FeatureStore, stage_dir: Path, retry_failed: bool
 def _shard_attrs(cfg: ExtractConfig, fp: str, wid: str) -> dict:
     """The attributes of every new shard (the backbone's are added once it is loaded)."""
     return {"config": cfg.fingerprint_fields(), "fingerprint": fp, "weights_identity": wid,
-            "transform": transform_attrs(cfg), "sampling": sampling_attrs(cfg),
+            "transform": cfg.preprocessing().transform_attrs(), "sampling": sampling_attrs(cfg),
             "versions": package_versions(cfg.source), "source": cfg.source}
 
 
@@ -437,8 +420,7 @@ def _start_source(cfg: ExtractConfig, todo: list, stage_dir: Path, attrs: dict,
         work = functools.partial(ray_runner.run, todo)
     attrs.update({"backbone": desc["backbone"], "weights": desc["weights"],
                   "weights_sha256": desc["weights_sha256"] or "", "precision": desc["precision"]})
-    if "tsm" in desc:
-        attrs["tsm"] = desc["tsm"]
+    attrs.update(lookup(cfg.backbone).describe(cfg))  # what the backbone adds (tsm_r50: its clips)
     return desc["feature_dim"], work
 
 

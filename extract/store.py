@@ -1,50 +1,9 @@
 """Feature store: HDF5 shards written whole and renamed, read through memory maps.
 
-The store is the ground the stages share: the extract stage writes it; training (train/data.py),
-predict/export (pipeline/bundle.py) and the benchmarks read it, all through the public API below
-(`__all__`); nothing outside extract/ touches the private names (`_features`, `_positions`, ...),
-so the on-disk layout can change behind it.
-
-Reading - ``FeatureStore(path, on_corrupt="raise"|"skip", deep_verify=False, max_open=128)``
-indexes every complete shard of a directory (a damaged one raises `CorruptShardError`, or is listed in
-``.corrupt`` with "skip"); reads go through memory maps and survive fork/pickling (DataLoader workers):
-
-    ids(), len(store), id in store, iter(store)     the stored video ids (first shard wins a duplicate)
-    feature_dim, dtype, attrs, path                 shared by all shards (attrs: the extract settings,
-                                                    transform/sampling/versions/config/tsm as dicts)
-    num_frames(id), lengths(ids=None)               rows per video
-    get(id, frames=None, dtype=None)                (T, D) copy of one video (`frames`: row indices)
-    get_many(ids, frames=None, dtype=None)          a list of those
-    sample_batch(ids, T, rng, dtype=None)           (B, T, D): T random sorted rows per video (training)
-    rows_batch(ids, frames, dtype=None)             (B, T, D): given rows per video (evaluation)
-    load_packed(ids=None, dtype=None)               (packed (sum T, D), offsets): everything in RAM
-    meta(id)                                        decoder, fps, duration, frame_indices, timestamps, ...
-    index_table(), shard_of(id)                     {id: shard, num_frames, decoder}; a video's shard file
-    verify(deep=True)                               [(file, problem)] of every shard (deep: checksums)
-    shards, corrupt, duplicates                     ShardIndex of each shard; skipped files; repeated ids
-
-Writing - ``ShardWriter(directory, shard_name(i), feature_dim, dtype, attrs)``: ``add(id, feats, meta)``
-per video (refuses non-finite or mis-shaped arrays with ValueError), ``close()`` makes the shard visible
-atomically, ``abort()`` drops it. Directory helpers: `list_shards`, `first_free_shard`,
-`remove_partials` (leftovers of a killed writer), `read_shard_index` (open and check one shard ->
-`ShardIndex`; its ``attrs`` are the raw HDF5 attributes).
-
-Layout of one shard `shard-NNNNN.h5` (format "vltr-features", version 1):
-
-    features        (total_frames, D) float16|float32, contiguous (no chunking/compression), so it is
-                    read through np.memmap at the dataset's file offset (no per-read HDF5 overhead)
-    offsets         (N+1,) int64      video i = rows offsets[i]:offsets[i+1]
-    video_ids       (N,) utf-8
-    frame_indices   (total_frames,) int64    decoder frame index of every stored row
-    timestamps      (total_frames,) float64  seconds (NaN when unknown)
-    decoder, notes  (N,) utf-8;  fps, duration (N,) float64;  n_frames_meta, n_frames_decoded,
-                    height, width (N,) int64
-    attrs           complete=1, format, format_version, num_videos, num_frames, feature_dim, dtype,
-                    features_sha256 (of the raw feature bytes), backbone, weights, weights_sha256,
-                    transform/sampling/versions/config (JSON strings), fingerprint, created_at
-
-A writer streams features to `<shard>.bin.partial`, then writes `<shard>.h5.partial` and renames it
-to `<shard>.h5` only when complete; readers ignore everything but `shard-*.h5`.
+The ground the stages share: the extract stage writes it; training (train/data.py), predict/export
+and the benchmarks read it through the public API (`__all__`) only, never through private names, so
+the on-disk layout can change behind it. The layout, the API and the write protocol are described
+in docs/formats.md ("Feature store").
 """
 
 from __future__ import annotations
@@ -122,6 +81,7 @@ class ShardWriter:
 
     def __init__(self, directory: Path, name: str, feature_dim: int, dtype: str = "float16",
                  attrs: Optional[dict] = None):
+        """Start shard `name` in `directory`: features stream to its .bin.partial file."""
         self.dir = Path(directory)
         self.name = name
         self.final = self.dir / name
@@ -255,6 +215,8 @@ class ShardWriter:
         return self.final
 
     def _write_h5(self) -> None:
+        """Write the .h5.partial file: the streamed features (copied in 64 MB steps), the per-row and
+        per-video datasets, and the attributes (dicts as JSON strings)."""
         total = self.num_frames
         d = self.feature_dim
         raw = np.memmap(self.tmp_bin, dtype=self.dtype, mode="r", shape=(total, d)) if total else None
@@ -404,6 +366,8 @@ class FeatureStore:
 
     def __init__(self, path: str | os.PathLike, *, on_corrupt: str = "raise", deep_verify: bool = False,
                  max_open: int = 128):
+        """Index every complete shard of `path` (see docs/formats.md); a UserError when shards of
+        different extract settings are mixed."""
         self.path = Path(path)
         if not self.path.is_dir():
             raise UserError(f"feature store not found: {self.path} is not a directory (run the extract stage first)")

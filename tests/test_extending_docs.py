@@ -71,7 +71,7 @@ def test_backbone_example(extended, tmp_path):
     import torch
     import torchvision
 
-    from extract.backbones import create
+    from extract.registry import create
     from pipeline.config import load_config
 
     cfg = load_config(None, ("dataset.format=videolt", "extract.backbone=mobilenet_v3_small"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import zlib
 from dataclasses import dataclass
@@ -20,9 +19,10 @@ import torch
 from tqdm import tqdm
 
 from evaluate.metrics import compute, scalars
-from manifests import resources
+from manifests import devices, resources
 from manifests.datasets import multi_hot
-from manifests.errors import StageFailed, UserError
+from manifests.devices import autocast
+from manifests.errors import StageFailed
 from manifests.files import write_text_atomic
 from train import checkpoints, distributed
 from train.config import TrainConfig
@@ -49,24 +49,7 @@ def derived_seed(*parts: int) -> int:
 def resolve_device(name: str) -> torch.device:
     """``auto``: the GPU of this process (torchrun's LOCAL_RANK) if there is one, else the CPU; a CUDA
     device asked for where none is visible is a UserError."""
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name}: no CUDA GPU is visible here; use --device cpu or auto")
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-        return device
-    return torch.device(name)
-
-
-def autocast(device: torch.device, amp: str):
-    """Mixed precision on GPU (bf16 where supported), nothing on CPU."""
-    if device.type != "cuda" or amp == "off":
-        return torch.autocast(device.type, enabled=False)
-    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast("cuda", dtype=torch.bfloat16)
+    return devices.resolve_device(name, named=f"device {name}", fix="--device cpu or auto", per_process=True)
 
 
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:

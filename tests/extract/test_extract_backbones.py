@@ -7,9 +7,11 @@ import pytest
 import torch
 import torchvision
 
-from extract import backbones
-from extract.encoder import FrameEncoder, tsm_order
+from extract.backbones.tsm import temporal_shift, tsm_order
+from extract.encoder import FrameEncoder
+from extract.registry import create
 from manifests.errors import UserError
+from manifests.files import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def _tsm_official_checkpoint(path):
 @pytest.mark.parametrize("name,params", [("resnet50", 23_508_032), ("resnet101", 42_500_160)])
 def test_resnet_loads_weights_file_and_returns_pooled_2048(tv_weights, name, params):
     path, ref = tv_weights[name]
-    m = backbones.create(name, weights=str(path))
+    m = create(name, weights=str(path))
     assert m.feature_dim == 2048
     assert sum(p.numel() for p in m.parameters()) == params  # torchvision V1 layout without fc
     assert len(m.weights_sha256) == 64 and m.weights_id.endswith(".pth")
@@ -60,14 +62,14 @@ def test_resnet_loads_weights_file_and_returns_pooled_2048(tv_weights, name, par
 
 
 def test_efficientnet_random_and_dims():
-    m = backbones.create("efficientnet_lite0", pretrained=False)
+    m = create("efficientnet_lite0", pretrained=False)
     assert m.feature_dim == 1280 and m.weights_id == "random"
     with torch.no_grad():
         assert m(torch.randn(1, 3, 64, 64)).shape == (1, 1280)
 
 
 def test_efficientnet_package_weights_are_mapped_in_order(reference_model):
-    m = backbones.create("efficientnet_lite0")
+    m = create("efficientnet_lite0")
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(m(x), reference_model(x), atol=1e-5)
@@ -77,24 +79,24 @@ def test_missing_weights_error_names_the_file(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(UserError) as ei:
-        backbones.create("resnet50", download=False)
+        create("resnet50", download=False)
     msg = str(ei.value)
     assert "resnet50-0676ba61.pth" in msg and str(tmp_path / "hub") in msg and "extract.weights" in msg
     with pytest.raises(UserError, match="TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth"):
-        backbones.create("tsm_r50")
+        create("tsm_r50")
     with pytest.raises(UserError, match="unknown backbone"):
-        backbones.create("vgg16", pretrained=False)
+        create("vgg16", pretrained=False)
 
 
 def test_resnet_weights_for_the_wrong_model_are_refused(tv_weights):
     with pytest.raises(UserError, match="does not fit"):
-        backbones.create("resnet50", weights=str(tv_weights["resnet101"][0]))
+        create("resnet50", weights=str(tv_weights["resnet101"][0]))
 
 
 def test_temporal_shift_by_hand():
     # N=1 clip, T=3 frames, C=8 channels (fold = 1), 1x1 spatial: value = 10*t + c
     x = torch.tensor([[10.0 * t + c for c in range(8)] for t in range(3)]).view(3, 8, 1, 1)
-    y = backbones.temporal_shift(x, n_segment=3, fold_div=8).view(3, 8)
+    y = temporal_shift(x, n_segment=3, fold_div=8).view(3, 8)
     expect = torch.tensor([
         [10, 0, 2, 3, 4, 5, 6, 7],   # ch0 from t+1; ch1 from t-1 (none: 0)
         [20, 1, 12, 13, 14, 15, 16, 17],
@@ -106,7 +108,7 @@ def test_temporal_shift_by_hand():
 def test_tsm_official_checkpoint_loads_strictly_after_mapping(tmp_path):
     path = tmp_path / "TSM_kinetics.pth"
     ref = _tsm_official_checkpoint(path)
-    m = backbones.create("tsm_r50", weights=str(path))
+    m = create("tsm_r50", weights=str(path))
     assert m.feature_dim == 2048 and m.n_segment == 8
     assert sum(p.numel() for p in m.parameters()) == 23_508_032  # TSM adds no parameters
     # the weights are those of the checkpoint (conv1.net -> conv1)
@@ -136,7 +138,7 @@ def test_tsm_missing_shift_keys_are_refused(tmp_path, tv_weights):
           for k, v in torch.load(tv_weights["resnet50"][0], weights_only=True).items() if not k.startswith("fc.")}
     torch.save(sd, path)
     with pytest.raises(UserError, match="16"):
-        backbones.create("tsm_r50", weights=str(path))
+        create("tsm_r50", weights=str(path))
 
 
 def test_tsm_grouping_orders():
@@ -181,4 +183,4 @@ def test_stage_with_tsm_records_grouping(video_dir, small_cfg_kwargs, tmp_path):
     assert st.get("v0").shape == (10, 2048)
     assert st.attrs["tsm"] == {"n_segment": 8, "fold_div": 8, "grouping": "interleaved", "pad": "repeat last frame",
                                "shift_place": "blockres (conv1 input of every bottleneck)"}
-    assert st.attrs["weights_sha256"] == backbones.file_sha256(path)
+    assert st.attrs["weights_sha256"] == sha256_file(path)

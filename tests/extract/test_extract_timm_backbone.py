@@ -14,14 +14,14 @@ from PIL import Image
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from extract import backbones
 from extract.config import ExtractConfig
 from extract.encoder import encoder_from_config
-from extract.registry import BACKBONES
+from extract.registry import BACKBONES, create
 from extract.stage import run_extract
 from extract.store import FeatureStore
 from extract_testutils import make_video, table
 from manifests.errors import UserError
+from manifests.files import sha256_file
 from pipeline.config import validate
 
 
@@ -47,7 +47,7 @@ def test_unknown_names_list_the_registry_and_the_timm_form():
         validate({"extract": {"backbone": "vgg16"}})
     assert "extract.backbone" in str(ei.value) and "efficientnet_lite0, resnet50, resnet101, tsm_r50" in str(ei.value)
     with pytest.raises(UserError, match="unknown backbone 'vgg16'.*tsm_r50"):
-        backbones.create("vgg16", pretrained=False)
+        create("vgg16", pretrained=False)
     with pytest.raises(ValidationError, match="crop_mode 'squash'"):
         ExtractConfig(backbone="timm/coat_lite_medium_384.in1k")
 
@@ -81,7 +81,7 @@ def test_decoder_preprocessing_equals_timm_eval_transform():
 
 
 def test_weights_file_with_head_loads_and_dims_follow_the_model(resnet18_file, tmp_path):
-    m = backbones.create("timm/resnet18", weights=str(resnet18_file))
+    m = create("timm/resnet18", weights=str(resnet18_file))
     ref = timm.create_model("resnet18", pretrained=False, num_classes=0)
     ref.load_state_dict({k: v for k, v in _timm_state("resnet18", 3, 1000).items() if not k.startswith("fc.")})
     x = torch.randn(2, 3, 64, 64)
@@ -91,7 +91,7 @@ def test_weights_file_with_head_loads_and_dims_follow_the_model(resnet18_file, t
     # mobilenetv3's pooled features pass a conv head: 1024-d, not num_features (288)
     path = tmp_path / "mnv3.pth"
     torch.save(_timm_state("mobilenetv3_small_050", 4), path)
-    m = backbones.create("timm/mobilenetv3_small_050", weights=str(path))
+    m = create("timm/mobilenetv3_small_050", weights=str(path))
     with torch.no_grad():
         assert m.feature_dim == 1024 and m(x).shape == (2, 1024)
 
@@ -102,14 +102,14 @@ def test_bad_weights_give_clear_errors(resnet18_file, tmp_path):
     torch.save(sd, tmp_path / "wrong.pth")
     with pytest.raises(UserError, match=r"does not fit timm resnet18.*conv1.weight: file \(32, 3, 7, 7\) vs model "
                                         r"\(64, 3, 7, 7\)"):
-        backbones.create("timm/resnet18", weights=str(tmp_path / "wrong.pth"))
+        create("timm/resnet18", weights=str(tmp_path / "wrong.pth"))
     with pytest.raises(UserError, match="does not fit timm resnet34.*missing"):
-        backbones.create("timm/resnet34", weights=str(resnet18_file))
+        create("timm/resnet34", weights=str(resnet18_file))
     with pytest.raises(UserError, match="file not found"):
-        backbones.create("timm/resnet18", weights=str(tmp_path / "absent.safetensors"))
+        create("timm/resnet18", weights=str(tmp_path / "absent.safetensors"))
     (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(UserError, match="cannot read .*broken.safetensors as safetensors"):
-        backbones.create("timm/resnet18", weights=str(tmp_path / "broken.safetensors"))
+        create("timm/resnet18", weights=str(tmp_path / "broken.safetensors"))
 
 
 def test_pretrained_weights_come_from_the_hf_cache_or_the_error_names_the_repo(resnet18_file, tmp_path, monkeypatch):
@@ -117,12 +117,12 @@ def test_pretrained_weights_come_from_the_hf_cache_or_the_error_names_the_repo(r
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     repo = timm.models.get_pretrained_cfg("resnet18").hf_hub_id  # the default tag's repo
     with pytest.raises(UserError, match=f"{repo}.*extract.weights"):
-        backbones.create("timm/resnet18", download=False)
+        create("timm/resnet18", download=False)
     snap = tmp_path / "hf" / ("models--" + repo.replace("/", "--")) / "snapshots" / "abc"
     snap.mkdir(parents=True)
     (snap / "model.safetensors").write_bytes(resnet18_file.read_bytes())
-    m = backbones.create("timm/resnet18", download=False)
-    assert m.weights_id == "file:model.safetensors" and m.weights_sha256 == backbones.file_sha256(resnet18_file)
+    m = create("timm/resnet18", download=False)
+    assert m.weights_id == "file:model.safetensors" and m.weights_sha256 == sha256_file(resnet18_file)
 
 
 def test_encoder_normalises_with_the_models_mean_and_std():

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from extract import backbones
+from extract.registry import create
 from extract.store import FeatureStore
 
 
@@ -42,7 +42,7 @@ def test_own_videos_from_outside_the_repo_match_a_torchvision_pipeline(tmp_path)
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=800)
     assert result.returncode == 0, result.stderr[-3000:]
     store = FeatureStore(tmp_path / "runs" / "csv" / "extract")  # the product defaults' work dir
-    model = backbones.create("efficientnet_lite0")
+    model = create("efficientnet_lite0")
     reference = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
                                     transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
     for video in ("wide", "tall"):
