@@ -37,7 +37,7 @@ def _add_config_args(parser: argparse.ArgumentParser, with_work_dir: bool = True
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line's parser: run, status, config, report, bench, demo-data, predict, export."""
+    """The command line's parser: run, status, config, report, suite, bench, demo-data, predict, export."""
     parser = argparse.ArgumentParser(
         prog="python -m pipeline", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Long-tailed video recognition: videos -> per-frame features -> imbalanced splits "
@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scale-dir", metavar="DIR", help="scale: where the data sets go (default: a temporary "
                                                           "folder; the full size needs about 3 GB)")
 
+    _add_suite_parser(commands, quiet)
     demo = commands.add_parser("demo-data", parents=[quiet], help="write the demo set of long-tailed H.264 videos",
                                description="Generate the embedded demo dataset: real H.264 mp4 clips, "
                                            "labels.csv (video_id,path,labels,split) and class_names.txt.")
@@ -112,6 +113,37 @@ def _add_run_parser(commands, quiet: argparse.ArgumentParser) -> None:
     run.add_argument("--retry-failed", action="store_true", help="extract: retry videos that failed before")
     run.add_argument("--repair", action="store_true", help="extract: re-extract corrupted shards")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_suite_parser(commands, quiet: argparse.ArgumentParser) -> None:
+    """`suite`: the long-tailed benchmark's variants x methods x seeds, one table each and a rank summary."""
+    from pipeline.bench.lt_suite import VARIANTS
+
+    suite = commands.add_parser("suite", parents=[quiet], help="every long-tailed benchmark variant x method x seed, "
+                                "one table per variant and a rank summary",
+                                description="Run the long-tailed benchmark's variants (each a shipped config) with "
+                                            "one method list and one set of seeds, each in <work-dir>/<variant>; "
+                                            "finished runs are skipped, so an interrupted suite continues. Writes "
+                                            "<work-dir>/suite.md: the rank summaries (overall and tail mAP) and one "
+                                            "table per variant.")
+    suite.add_argument("--variants", type=_names, default=VARIANTS, metavar="NAME[,NAME...]",
+                       help=f"configs to run (default: {','.join(VARIANTS)})")
+    suite.add_argument("--methods", type=_names, default=None, metavar="METHOD[,METHOD...]",
+                       help="train.method list for every variant (default: each config's own)")
+    suite.add_argument("--seeds", type=_sizes, default=(1, 2, 3), metavar="N[,N...]", help="seeds (default 1,2,3)")
+    suite.add_argument("--work-dir", default="runs/lt_suite", metavar="DIR", help="root of the variants' work dirs")
+    suite.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value in every variant (repeatable)")
+    suite.add_argument("--report-only", action="store_true", help="only (re)write suite.md from finished runs")
+    suite.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _names(text: str) -> tuple:
+    """``--variants a,b``: names separated by commas."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give names separated by commas")
+    return names
 
 
 def _add_predict_parsers(commands, quiet: argparse.ArgumentParser) -> None:
@@ -222,6 +254,19 @@ def _print_comparison(cfg) -> None:
     print(write_report([f for f in files if f.exists()], work_dir), end="")
     log.info("comparison table: %s; per-run metrics, per-class CSVs and plots: %s",
              work_dir / "report.md", work_dir / "evaluate")
+
+
+def cmd_suite(args) -> int:
+    from pipeline.bench.lt_suite import run_suite, variant_configs, write_suite_report
+    from pipeline.stages import RunOptions
+
+    configs = variant_configs(args.variants, Path(args.work_dir), list(args.methods or ()), list(args.seeds),
+                              tuple(args.overrides))
+    if not args.report_only:
+        run_suite(configs, RunOptions(progress=not args.no_progress))
+    print(write_suite_report(Path(args.work_dir), args.variants), end="")
+    log.info("suite report: %s", Path(args.work_dir) / "suite.md")
+    return 0
 
 
 def cmd_status(args) -> int:
@@ -376,5 +421,5 @@ def cmd_export(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "config": cmd_config, "report": cmd_report,
+COMMANDS = {"run": cmd_run, "status": cmd_status, "config": cmd_config, "report": cmd_report, "suite": cmd_suite,
             "bench": cmd_bench, "demo-data": cmd_demo_data, "predict": cmd_predict, "export": cmd_export}

@@ -113,6 +113,25 @@ class MoveConfig(BaseModel):
                                 "null = feature dim / n_head")
 
 
+class MeaConfig(BaseModel):
+    """MEA (ours): Baseline + Agg's trunk and expert plus tail experts on re-sampled streams, combined at test time."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    lt_method: Literal["baseline", "focal", "ldam_drw", "eql", "cb_loss", "mixup", "framestack"] = Field(
+        "baseline", description="the lt expert: this method on the aggregators head (baseline = Baseline + Agg)")
+    experts: list[Literal["lt", "bal", "inv"]] = Field(["lt", "bal", "inv"], min_length=1,
+                                                       description="lt = Baseline + Agg; bal / inv = classifiers on "
+                                                       "class-balanced / inverse-frequency batch streams")
+    framestack: bool = Field(True, description="FrameStack on the tail experts' clips (the lt expert's last AP)")
+    trunk: Literal["lt", "all"] = Field("all", description="whose loss trains the shared trunk: the lt expert's only "
+                                        "(lt expert and trunk = Baseline + Agg) or every expert's")
+    inference: Literal["mean", "val", "agreement"] = Field(
+        "agreement", description="expert weights: uniform, chosen on the selection split, or chosen without labels "
+        "from the agreement of two views of each test video")
+    step: float = Field(0.1, gt=0, le=1, description="grid step of the val / agreement expert weights")
+
+
 class MedcConfig(BaseModel):
     """MEDC (TMM'23, our reading): three distribution experts with mean/variance branches.
 

@@ -302,6 +302,21 @@ class Trainer:
             checkpoints.save(self.run_dir / checkpoints.BEST, {**state, "model": self.model.state_dict()})
         return chosen
 
+    def adapt(self, split: str = "test") -> dict:
+        """The recipe's label-free test-time fit (:meth:`Recipe.adapt`) on ``split``'s features, its labels
+        withheld, with the best checkpoint, saved back into it; {} when the recipe has nothing to fit."""
+        state = self.load_best()
+        data = self.splits[split]
+        unlabelled = SplitData(data.positions, [[] for _ in data.positions], list(data.video_ids))
+
+        def views():
+            return predict(self.model, self.bank, unlabelled, self.cfg, self.device, forward=self.recipe.view_experts)
+
+        chosen = self.recipe.adapt(views)
+        if chosen:
+            checkpoints.save(self.run_dir / checkpoints.BEST, {**state, "model": self.model.state_dict()})
+        return chosen
+
     def predict_best(self, split: str) -> tuple:
         """``(logits, {expert: logits})`` of ``split`` from the selected (best) checkpoint, the second
         from :meth:`Recipe.experts` (empty for single models); one pass over the split."""

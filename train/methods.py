@@ -90,6 +90,16 @@ class Recipe:
         ``(dict of :meth:`experts` (N, C) logits, (N, C) 0/1 targets)`` on demand."""
         return {}
 
+    def view_experts(self, x: torch.Tensor) -> dict:
+        """Logits of the experts on two views of each clip (for :meth:`adapt`); {} for single models."""
+        return {}
+
+    def adapt(self, unlabelled_views) -> dict:
+        """Fit test-time settings without labels (saved in the best checkpoint); ``unlabelled_views()``
+        computes :meth:`view_experts` over the test videos, which are given without their labels.
+        Returns what was chosen, {} for nothing."""
+        return {}
+
     def end_epoch(self) -> None:
         """Called after the last batch of an epoch."""
 

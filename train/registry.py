@@ -57,6 +57,7 @@ METHODS: dict[str, MethodSpec] = {s.name: s for s in (
     MethodSpec("framestack", "train.methods:FrameStack"),
     MethodSpec("move", "train.move:Move", config="train.config:MoveConfig", own_head=True),
     MethodSpec("medc", "train.medc:Medc", config="train.config:MedcConfig", own_head=True, reads=("move",)),
+    MethodSpec("mea", "train.mea:Mea", config="train.config:MeaConfig", own_head=True, reads=("move",)),
 )}
 
 

@@ -73,7 +73,7 @@ def run_train(run: RunSettings, extract_dir: Path, split_dir: Path, run_dir: Pat
     best = trainer.fit()
     if not distributed.is_main():  # rank 0 writes the predictions and the manifest
         return {}, []
-    calibration = trainer.calibrate()
+    calibration = {**trainer.calibrate(), **trainer.adapt("test")}
     logits, experts = trainer.predict_best("test")
     experts = {f"expert_{k}": scores_for_metrics(v, cfg) for k, v in experts.items()}
     test = trainer.splits["test"]

@@ -27,4 +27,4 @@ def test_dataset_configs_use_the_published_settings():
     for path in ROOT.glob("pipeline/configs/minik200_*.yaml"):
         cfg = load_config(str(path))
         assert (cfg.split.head, cfg.split.tail, cfg.split.profile) == (300, 40, "minikinetics")
-    assert len(CONFIGS) == 9
+    assert len(CONFIGS) == 12

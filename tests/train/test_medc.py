@@ -15,17 +15,15 @@ from train import methods
 from train.checkpoints import load
 from train.config import MedcConfig, MoveConfig, TrainConfig
 from evaluate.metrics import average_precision
+from train.ensembles import choose_expert_weights, combine_experts, simplex_grid
 from train.medc import (
     Medc,
     anchors_with_positives,
-    choose_expert_weights,
     classification_loss,
-    combine_experts,
     expert_class_weights,
     region_loss,
     region_targets,
     resort,
-    simplex_grid,
     sorting_loss,
 )
 

@@ -1,0 +1,151 @@
+"""MEA: the lt expert is Baseline + Agg, the tail streams' distributions, label-free test-time weights, resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from train.checkpoints import load
+from train.ensembles import agreement_weights, view_agreement
+from train.mea import two_views
+
+FAST = ["--set", "train.epochs=3", "--set", "train.batch_size=16", "--set", "train.train_frames=6",
+        "--set", "train.eval_frames=10", "--set", "train.hidden=16", "--set", "move.vlad_hidden=16",
+        "--set", "move.clusters=4", "--set", "move.psa_dim=null", "--set", "train.lr_steps=[]",
+        "--set", "train.eval_every=3", "--no-progress", "-q"]
+
+
+def test_agreement_picks_the_expert_whose_two_views_agree():
+    g = torch.Generator().manual_seed(0)
+    stable = torch.randn(50, 7, generator=g) * 3
+    noisy_a, noisy_b = torch.randn(50, 7, generator=g) * 3, torch.randn(50, 7, generator=g) * 3
+    weights, score = agreement_weights([stable, noisy_a], [stable, noisy_b], step=0.25)
+    assert weights.tolist() == [1.0, 0.0]
+    assert score == pytest.approx(1.0)  # identical views: cosine 1 for every video
+
+
+def test_agreement_weights_lie_on_the_grid_of_the_simplex_and_are_deterministic():
+    g = torch.Generator().manual_seed(1)
+    a = [torch.randn(40, 5, generator=g) for _ in range(3)]
+    b = [v + 0.5 * torch.randn(40, 5, generator=g) * (i + 1) for i, v in enumerate(a)]
+    w1, s1 = agreement_weights(a, b, step=0.1)
+    w2, s2 = agreement_weights(a, b, step=0.1)
+    assert np.array_equal(w1, w2) and s1 == s2
+    assert w1.sum() == pytest.approx(1.0) and (w1 >= 0).all()
+    assert np.allclose(w1 * 10, np.round(w1 * 10))
+    # no grid point agrees more (an independent exhaustive check)
+    grid = [np.array([i, j, 10 - i - j]) / 10 for i in range(11) for j in range(11 - i)]
+    assert s1 >= max(view_agreement(a, b, w) for w in grid) - 1e-12
+
+
+def test_an_experts_prior_alone_is_not_agreement():
+    """A constant offset per class (the same for every video) agrees perfectly but carries no information:
+    with each class's mean removed it scores no better than noise."""
+    g = torch.Generator().manual_seed(2)
+    prior = torch.randn(1, 6, generator=g).expand(30, 6) * 4
+    informative = torch.randn(30, 6, generator=g) * 2
+    a = [prior + 0.01 * torch.randn(30, 6, generator=g), informative + 0.3 * torch.randn(30, 6, generator=g)]
+    b = [prior + 0.01 * torch.randn(30, 6, generator=g), informative + 0.3 * torch.randn(30, 6, generator=g)]
+    weights, _ = agreement_weights(a, b, step=0.5)
+    assert weights.tolist() == [0.0, 1.0]
+
+
+def test_two_views_are_the_even_and_odd_frames():
+    x = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)
+    a, b = two_views(x)
+    assert torch.equal(a, x[:, [0, 2, 4]]) and torch.equal(b, x[:, [1, 3]])
+    one = x[:, :1]
+    assert all(torch.equal(v, one) for v in two_views(one))
+
+
+def _train(run, args, *extra):
+    from pipeline.cli import main
+
+    assert main(["run", "--stage", "train", *args, *FAST, *extra]) == 0
+
+
+@pytest.mark.parametrize("lt_method", ["baseline", "framestack"])
+def test_lt_expert_is_its_method_on_the_aggregators_head_bit_for_bit(tmp_path, feature_work_dir, lt_method):
+    run = tmp_path / "run"
+    args = feature_work_dir(run)
+    _train(run, args, "--set", f"train.method=[{lt_method}+aggregators,mea]", "--set", f"mea.lt_method={lt_method}",
+           "--set", "mea.trunk=lt")  # the tail experts do not train the trunk: the lt expert is its method exactly
+    baseline = np.load(run / "train" / f"{lt_method}+aggregators" / "predictions.npz")
+    mea = np.load(run / "train" / "mea" / "predictions.npz")
+    assert np.array_equal(baseline["scores"], mea["expert_lt"])
+    for name in ("bal", "inv", "mix_mean", "mix_val", "mix_agreement"):
+        assert mea[f"expert_{name}"].shape == baseline["scores"].shape
+    summary = json.loads((run / "train" / "mea" / "manifest.json").read_text())["summary"]["calibration"]
+    for key in ("val_weights", "agreement_weights"):
+        assert sum(summary[key].values()) == pytest.approx(1.0)
+    # the scores are the agreement mix (the default inference)
+    assert np.array_equal(mea["scores"], mea["expert_mix_agreement"])
+
+
+def test_test_labels_are_never_read_by_the_agreement(tmp_path, feature_work_dir, monkeypatch):
+    """The recipe gets the test videos without their labels (empty label lists) when it fits its weights."""
+    from train import loop
+    from train.mea import Mea
+
+    seen = []
+    original = Mea.adapt
+
+    def spy(self, unlabelled_views):
+        seen.append(True)
+        return original(self, unlabelled_views)
+
+    original_predict = loop.predict
+
+    def checked_predict(model, bank, data, cfg, device, forward=None):
+        if forward is not None and getattr(forward, "__name__", "") == "view_experts":
+            assert all(labels == [] for labels in data.labels)  # nothing to read
+        return original_predict(model, bank, data, cfg, device, forward)
+
+    monkeypatch.setattr(Mea, "adapt", spy)
+    monkeypatch.setattr(loop, "predict", checked_predict)
+    run = tmp_path / "run"
+    args = feature_work_dir(run)
+    _train(run, args, "--set", "train.method=mea")
+    assert seen == [True]
+    calibration = json.loads((run / "train" / "mea" / "manifest.json").read_text())["summary"]["calibration"]
+    assert set(calibration["agreement_weights"]) == {"lt", "bal", "inv"}
+
+
+@pytest.mark.parametrize("stream, mode", [("bal", "cbs"), ("inv", "inv")])
+def test_tail_streams_draw_their_class_distribution(stream, mode):
+    """Over many draws, the stream's primary classes follow the sampler's distribution: uniform over the
+    classes (bal) or proportional to resort(n) / n per video of class c summed (inv)."""
+    from train.samplers import ClassAwareSampler, resort
+    from train.mea import STREAM_MODES
+
+    assert STREAM_MODES[stream] == mode
+    counts = np.array([40, 20, 10, 5, 2, 1])
+    labels = [[c] for c, n in enumerate(counts) for _ in range(n)]
+    sampler = ClassAwareSampler(labels, len(counts), mode, num_samples=60_000)
+    videos, classes = sampler.draw(np.random.default_rng(0))
+    drawn = np.bincount(classes, minlength=len(counts)) / len(classes)
+    expected = np.ones(len(counts)) if mode == "cbs" else resort(counts.astype(float))
+    expected = expected / expected.sum()
+    assert np.abs(drawn - expected).max() < 0.01
+    video_class = np.array([label[0] for label in labels])[videos]
+    assert np.array_equal(video_class, classes)  # each drawn video carries its drawn class
+
+
+def test_interrupted_mea_resumes_to_the_same_weights(tmp_path, feature_work_dir):
+    from test_train_stage import interrupted_at_epoch
+
+    from pipeline.cli import main
+
+    run = tmp_path / "run"
+    args = feature_work_dir(run)
+    argv = ["run", "--stage", "train", *args, *FAST, "--set", "train.method=mea", "--set", "train.epochs=4"]
+    assert main(argv) == 0
+    uninterrupted = load(run / "train" / "mea" / "last.pt")
+    with interrupted_at_epoch(2):
+        assert main([*argv, "--force"]) == 130
+    assert load(run / "train" / "mea" / "last.pt")["epoch"] == 2
+    assert main(argv) == 0
+    resumed = load(run / "train" / "mea" / "last.pt")
+    assert all(torch.equal(uninterrupted["model"][k], resumed["model"][k]) for k in resumed["model"])
+    assert torch.equal(uninterrupted["recipe"]["previous_ap"], resumed["recipe"]["previous_ap"])
