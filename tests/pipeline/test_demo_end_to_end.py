@@ -17,7 +17,7 @@ def test_demo_runs_end_to_end_and_reruns_from_cache(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     for stage in ("ingest", "extract", "split"):
         assert (work / stage / "manifest.json").exists()
-    methods = ["baseline", "ldam_drw", "cb_loss", "mixup", "framestack", "move", "medc"]
+    methods = ["baseline", "ldam_drw", "cb_loss", "mixup", "framestack", "move", "medc", "mea"]
     for method in methods:
         metrics = json.loads((work / "evaluate" / method / "metrics.json").read_text())
         assert 0.0 <= metrics["metrics"]["mAP"] <= 1.0
