@@ -1,14 +1,12 @@
 """MEA, multi-expert aggregators (ours): Baseline + Agg plus tail experts on its trunk, combined at test time.
 
-The ``lt`` expert and the shared PSA + NetVLAD trunk train exactly as ``baseline+aggregators`` (same
-data, loss, initial weights and random draws), so the ensemble can always fall back to it. The other
-experts are classifiers on the trunk's features of their own re-sampled batch streams (``bal``:
-class-balanced, ``inv``: inverse frequency), optionally FrameStack-augmented; they do not move the trunk.
-The experts' probabilities are averaged with weights chosen without labels on the test videos
-(``mea.inference=agreement``), on the selection split (``val``) or uniform (``mean``).
-docs/lt_benchmark.md has the design, the measurements and the ablation.
+The ``lt`` expert is ``<mea.lt_method>+aggregators`` itself (same initial weights, data, loss and random
+draws); the ``bal`` / ``inv`` experts are classifiers on the same trunk, each trained on its own
+class-balanced / inverse-frequency batch stream (FrameStack-mixed). ``mea.trunk=all`` lets every expert
+train the trunk; ``lt`` keeps trunk and lt expert exactly ``<lt_method>+aggregators``. The experts'
+probabilities are averaged with weights chosen without labels on the test videos (``agreement``), on
+the selection split (``val``) or uniform (``mean``). Details: docs/methods.md (MEA).
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -96,6 +94,7 @@ class Mea(Recipe):
         return list(self.model.base.classifier.parameters())
 
     def training_loss(self, x, y, chosen, generator, streams=None):
+        """The lt expert's loss on the main rows (its own recipe), plus each tail expert's BCE on its stream."""
         streams = streams or self.stream_rows([len(y)])
         main = streams["main"]
         loss = self.lt.training_loss(x[main], y[main], chosen[main], generator)
