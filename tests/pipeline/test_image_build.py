@@ -18,7 +18,7 @@ JUNK = (".venv/lib/python3.11/site-packages/big.bin", "venv/bin/python", "runs/d
         "work/videolt.yaml", "pipeline/__pycache__/cli.cpython-311.pyc", ".pytest_cache/v/cache/lastfailed",
         "features.npy", "extract/weights/resnet50.pth", "docker/videos/a.mp4", "train/debug.log",
         "extract/old.egg-info/PKG-INFO", ".git/HEAD")
-METHODS = ("baseline", "ldam_drw", "cb_loss", "mixup", "framestack", "move", "medc")
+METHODS = ("baseline", "ldam_drw", "cb_loss", "mixup", "framestack", "move", "medc", "mea")
 
 pytestmark = [
     pytest.mark.slow,
