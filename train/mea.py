@@ -30,7 +30,8 @@ class MeaModel(nn.Module):
     """``base``: the Baseline + Agg model (trunk + ``lt`` classifier); ``tails``: one classifier per tail
     expert on the same trunk features; ``forward`` averages the experts' probabilities with ``weights``."""
 
-    def __init__(self, base: AggregatorHead, num_classes: int, experts: list, hidden: int, dropout: float):
+    def __init__(self, base: AggregatorHead, num_classes: int, experts: list, hidden: int, dropout: float,
+                 inference: str = "mean"):
         super().__init__()
         self.names = list(experts)
         self.base = base
@@ -39,7 +40,7 @@ class MeaModel(nn.Module):
         uniform = torch.full((len(self.names),), 1.0 / len(self.names))
         for mix in MIXES:  # the weights of each combination, chosen after training
             self.register_buffer(f"weights_{mix}", uniform.clone())
-        self.inference = "mean"
+        self.inference = inference
 
     def expert_logits(self, x: torch.Tensor) -> dict:
         """Each expert's logits (B, C) on the shared trunk features."""
@@ -81,8 +82,7 @@ class Mea(Recipe):
         # the lt expert: <mea.lt_method>+aggregators itself, built first (the same initial weights)
         self.lt = registry.recipe_class(mea.lt_method)(mea.lt_method, cfg.model_copy(update={"head": "aggregators"}),
                                                         in_dim, num_classes, class_counts, self.options)
-        self.model = MeaModel(self.lt.model, num_classes, mea.experts, cfg.hidden, cfg.dropout)
-        self.model.inference = mea.inference
+        self.model = MeaModel(self.lt.model, num_classes, mea.experts, cfg.hidden, cfg.dropout, mea.inference)
         self.streams = {e: STREAM_MODES[e] for e in self.model.names if e in STREAM_MODES}
         self.criterion = losses.build("bce", np.asarray(class_counts), **cfg.loss.get("bce", {}))
         self.previous_ap = None  # the lt expert's per-class training AP of the last epoch (FrameStack's source)
