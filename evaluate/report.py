@@ -78,8 +78,10 @@ def experts_markdown(document: dict) -> str:
     rows = [[name, *(_fmt(m[c]) for c in columns()), *(_fmt(m["profiles"][p]["mAP"]) for p in names)]
             for name, m in [("combination", {**document["metrics"], "profiles": document["profiles"]}),
                             *experts.items()]]
+    refit = ("; mix_agreement_per_profile: the experts' agreement weights refitted, without labels, on each "
+             "profile's videos" if any(name.endswith("_per_profile") for name in experts) else "")
     return "\n".join(["\n## Experts\n", "Each expert's own predictions scored alone; profile columns are mAP on "
-                      "the re-sampled test sets.\n",
+                      f"the re-sampled test sets{refit}.\n",
                       markdown_table(["Expert", *headers(), *(f"mAP[{p}]" for p in names)], rows, compact=True)])
 
 

@@ -130,6 +130,9 @@ class MeaConfig(BaseModel):
         "agreement", description="expert weights: uniform, chosen on the selection split, or chosen without labels "
         "from the agreement of two views of each test video")
     step: float = Field(0.1, gt=0, le=1, description="grid step of the val / agreement expert weights")
+    save_views: bool = Field(True, description="write each expert's logits on the two views of every test video "
+                             "into predictions.npz (2 x experts x videos x classes float32), so evaluate refits "
+                             "the agreement weights on each test profile")
 
 
 class MedcConfig(BaseModel):

@@ -96,9 +96,15 @@ def probabilities(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
 
 
+def scores_kind(cfg: TrainConfig) -> str:
+    """What the saved scores are: the reference ranks post-sigmoid float32 scores (saturation ties), the
+    default ranks logits."""
+    return "probabilities" if cfg.compat == "reference" else "logits"
+
+
 def scores_for_metrics(logits: np.ndarray, cfg: TrainConfig) -> np.ndarray:
-    """The reference ranks post-sigmoid float32 scores (saturation ties); the default ranks logits."""
-    return probabilities(logits) if cfg.compat == "reference" else logits
+    """``logits`` as :func:`scores_kind` says the saved scores are."""
+    return probabilities(logits) if scores_kind(cfg) == "probabilities" else logits
 
 
 class Trainer:
@@ -302,20 +308,26 @@ class Trainer:
             checkpoints.save(self.run_dir / checkpoints.BEST, {**state, "model": self.model.state_dict()})
         return chosen
 
-    def adapt(self, split: str = "test") -> dict:
-        """The recipe's label-free test-time fit (:meth:`Recipe.adapt`) on ``split``'s features, its labels
-        withheld, with the best checkpoint, saved back into it; {} when the recipe has nothing to fit."""
+    def adapt(self, split: str = "test") -> tuple:
+        """``(chosen, views)``: the recipe's label-free test-time fit (:meth:`Recipe.adapt`) on ``split``'s
+        features, its labels withheld, with the best checkpoint, saved back into it (chosen: {} when the
+        recipe has nothing to fit); views: the :meth:`Recipe.view_experts` it used when the recipe has a
+        :attr:`~Recipe.view_step`, else {}."""
         state = self.load_best()
         data = self.splits[split]
         unlabelled = SplitData(data.positions, [[] for _ in data.positions], list(data.video_ids))
+        views = {}
 
-        def views():
-            return predict(self.model, self.bank, unlabelled, self.cfg, self.device, forward=self.recipe.view_experts)
+        def unlabelled_views():
+            if not views:  # one pass, whatever the recipe asks
+                views.update(predict(self.model, self.bank, unlabelled, self.cfg, self.device,
+                                     forward=self.recipe.view_experts))
+            return views
 
-        chosen = self.recipe.adapt(views)
+        chosen = self.recipe.adapt(unlabelled_views)
         if chosen:
             checkpoints.save(self.run_dir / checkpoints.BEST, {**state, "model": self.model.state_dict()})
-        return chosen
+        return chosen, (views if self.recipe.view_step else {})
 
     def predict_best(self, split: str) -> tuple:
         """``(logits, {expert: logits})`` of ``split`` from the selected (best) checkpoint, the second

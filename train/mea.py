@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from evaluate.agreement import agreement_weights
 from evaluate.metrics import average_precision
 from train import augment, distributed, losses, registry
 from train.config import MeaConfig, TrainConfig
-from train.ensembles import agreement_weights, choose_expert_weights, combine_experts, evaluating
+from train.ensembles import choose_expert_weights, combine_experts, evaluating
 from train.methods import Recipe
 from train.models import AggregatorHead, NonlinearClassifier
 
@@ -84,6 +85,7 @@ class Mea(Recipe):
                                                         in_dim, num_classes, class_counts, self.options)
         self.model = MeaModel(self.lt.model, num_classes, mea.experts, cfg.hidden, cfg.dropout, mea.inference)
         self.streams = {e: STREAM_MODES[e] for e in self.model.names if e in STREAM_MODES}
+        self.view_step = mea.step if mea.save_views else None
         self.criterion = losses.build("bce", np.asarray(class_counts), **cfg.loss.get("bce", {}))
         self.previous_ap = None  # the lt expert's per-class training AP of the last epoch (FrameStack's source)
         self._scores, self._targets = [], []

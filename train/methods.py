@@ -25,6 +25,9 @@ class Recipe:
     # extra batch streams drawn from the whole training set each step, name -> ClassAwareSampler mode;
     # a recipe with streams gets every stream's rows in one batch and ``streams={name: rows}``
     streams: dict = {}
+    # a float: write the test videos' view_experts into predictions.npz, and evaluate refits the agreement
+    # weights on each test profile on this grid step
+    view_step: float | None = None
 
     def __init__(self, name: str, cfg: TrainConfig, in_dim: int, num_classes: int, class_counts,
                  options: dict | None = None):

@@ -14,7 +14,7 @@ from manifests.files import atomic_path
 from manifests.manifest import read_manifest
 from train import checkpoints, distributed, methods
 from train.data import FeatureBank
-from train.loop import SplitData, Trainer, derived_seed, scores_for_metrics
+from train.loop import SplitData, Trainer, derived_seed, scores_for_metrics, scores_kind
 from train.run_settings import RunSettings
 from train.schedule import check_schedule
 
@@ -73,13 +73,18 @@ def run_train(run: RunSettings, extract_dir: Path, split_dir: Path, run_dir: Pat
     best = trainer.fit()
     if not distributed.is_main():  # rank 0 writes the predictions and the manifest
         return {}, []
-    calibration = {**trainer.calibrate(), **trainer.adapt("test")}
+    calibration = trainer.calibrate()
+    adapted, views = trainer.adapt("test")
+    calibration.update(adapted)
     logits, experts = trainer.predict_best("test")
     experts = {f"expert_{k}": scores_for_metrics(v, cfg) for k, v in experts.items()}
+    views = {"view_{1}_{0}".format(*k.split("/")): v for k, v in views.items()}  # <expert>/a -> view_a_<expert>
+    if views:
+        views["view_step"] = recipe.view_step
     test = trainer.splits["test"]
     with atomic_path(Path(run_dir) / tables.PREDICTIONS) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, scores=scores_for_metrics(logits, cfg), video_ids=np.array(test.video_ids, dtype=str), method=method,
-                 select_on=cfg.select_on, seed=seed, **experts)
+                 select_on=cfg.select_on, seed=seed, scores_kind=scores_kind(cfg), **experts, **views)
     summary = {"method": method, "head": cfg.head, "best_epoch": best["epoch"], "select_on": cfg.select_on,
                "selection_metrics": {k: v for k, v in best.items() if k != "epoch"}, "mAP": best["mAP"],
                "epochs": cfg.epochs, "resumed": resumed, "feature_cache": bank.cache,

@@ -183,3 +183,29 @@ def test_report_mean_and_std_over_seeds(tmp_path, capsys):
     assert pd.read_csv(tmp_path / "rep" / "report.csv").shape[0] == 2
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "no evaluate results" in capsys.readouterr().err
+
+
+def test_views_are_refitted_per_profile_and_incomplete_views_are_clear_errors(evaluated, tmp_path, capsys):
+    work, scores, targets, args, path = evaluated
+    with np.load(path) as data:
+        ids, order = data["video_ids"], data["scores"]
+    rng = np.random.default_rng(3)
+    experts = {f"expert_{e}": rng.normal(size=order.shape).astype(np.float32) for e in ("lt", "bal")}
+    views = {f"view_{side}_{e}": rng.normal(size=order.shape).astype(np.float32) for side in "ab" for e in ("lt", "bal")}
+    np.savez(tmp_path / "mea.npz", scores=order, video_ids=ids, method="mea", view_step=0.5, **experts, **views)
+    assert main(["run", "-q", "--stage", "evaluate", *args, "--set", f"evaluate.predictions={tmp_path / 'mea.npz'}"]) == 0
+    document = json.loads((work / "evaluate" / "baseline" / "metrics.json").read_text())
+    refit = document["experts"]["mix_agreement_per_profile"]
+    assert set(refit["weights"]) == set(document["profiles"])
+    for weights in refit["weights"].values():  # step 0.5 with two experts: (1, 0), (0.5, 0.5) or (0, 1)
+        assert sorted(weights) == ["bal", "lt"] and sorted(weights.values()) in ([0.0, 1.0], [0.5, 0.5])
+    assert "mix_agreement_per_profile: the experts' agreement weights refitted" in \
+        (work / "evaluate" / "baseline" / "results.md").read_text()
+    broken = {"unpaired.npz": {k: v for k, v in views.items() if k != "view_b_bal"},
+              "no_step.npz": views,
+              "no_expert.npz": {**views, "view_a_inv": order, "view_b_inv": order}}
+    for name, arrays in broken.items():
+        step = {} if name == "no_step.npz" else {"view_step": 0.5}
+        np.savez(tmp_path / name, scores=order, video_ids=ids, **experts, **arrays, **step)
+        assert main(["run", "-q", "--stage", "evaluate", *args, "--set", f"evaluate.predictions={tmp_path / name}"]) == 2
+        assert "views need view_a_<e>, view_b_<e> and expert_<e>" in capsys.readouterr().err, name

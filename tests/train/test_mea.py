@@ -7,48 +7,12 @@ import pytest
 import torch
 
 from train.checkpoints import load
-from train.ensembles import agreement_weights, view_agreement
 from train.mea import two_views
 
 FAST = ["--set", "train.epochs=3", "--set", "train.batch_size=16", "--set", "train.train_frames=6",
         "--set", "train.eval_frames=10", "--set", "train.hidden=16", "--set", "move.vlad_hidden=16",
         "--set", "move.clusters=4", "--set", "move.psa_dim=null", "--set", "train.lr_steps=[]",
         "--set", "train.eval_every=3", "--no-progress", "-q"]
-
-
-def test_agreement_picks_the_expert_whose_two_views_agree():
-    g = torch.Generator().manual_seed(0)
-    stable = torch.randn(50, 7, generator=g) * 3
-    noisy_a, noisy_b = torch.randn(50, 7, generator=g) * 3, torch.randn(50, 7, generator=g) * 3
-    weights, score = agreement_weights([stable, noisy_a], [stable, noisy_b], step=0.25)
-    assert weights.tolist() == [1.0, 0.0]
-    assert score == pytest.approx(1.0)  # identical views: cosine 1 for every video
-
-
-def test_agreement_weights_lie_on_the_grid_of_the_simplex_and_are_deterministic():
-    g = torch.Generator().manual_seed(1)
-    a = [torch.randn(40, 5, generator=g) for _ in range(3)]
-    b = [v + 0.5 * torch.randn(40, 5, generator=g) * (i + 1) for i, v in enumerate(a)]
-    w1, s1 = agreement_weights(a, b, step=0.1)
-    w2, s2 = agreement_weights(a, b, step=0.1)
-    assert np.array_equal(w1, w2) and s1 == s2
-    assert w1.sum() == pytest.approx(1.0) and (w1 >= 0).all()
-    assert np.allclose(w1 * 10, np.round(w1 * 10))
-    # no grid point agrees more (an independent exhaustive check)
-    grid = [np.array([i, j, 10 - i - j]) / 10 for i in range(11) for j in range(11 - i)]
-    assert s1 >= max(view_agreement(a, b, w) for w in grid) - 1e-12
-
-
-def test_an_experts_prior_alone_is_not_agreement():
-    """A constant offset per class (the same for every video) agrees perfectly but carries no information:
-    with each class's mean removed it scores no better than noise."""
-    g = torch.Generator().manual_seed(2)
-    prior = torch.randn(1, 6, generator=g).expand(30, 6) * 4
-    informative = torch.randn(30, 6, generator=g) * 2
-    a = [prior + 0.01 * torch.randn(30, 6, generator=g), informative + 0.3 * torch.randn(30, 6, generator=g)]
-    b = [prior + 0.01 * torch.randn(30, 6, generator=g), informative + 0.3 * torch.randn(30, 6, generator=g)]
-    weights, _ = agreement_weights(a, b, step=0.5)
-    assert weights.tolist() == [0.0, 1.0]
 
 
 def test_two_views_are_the_even_and_odd_frames():
@@ -110,6 +74,19 @@ def test_test_labels_are_never_read_by_the_agreement(tmp_path, feature_work_dir,
     assert seen == [True]
     calibration = json.loads((run / "train" / "mea" / "manifest.json").read_text())["summary"]["calibration"]
     assert set(calibration["agreement_weights"]) == {"lt", "bal", "inv"}
+    # the views it fitted on are kept, and evaluate's refit on the whole test set gives the same weights and mix
+    from pipeline.cli import main
+
+    with np.load(run / "train" / "mea" / "predictions.npz") as saved:
+        assert float(saved["view_step"]) == 0.1 and str(saved["scores_kind"]) == "logits"
+        for expert in ("lt", "bal", "inv"):
+            assert saved[f"view_a_{expert}"].shape == saved[f"view_b_{expert}"].shape == saved["scores"].shape
+    assert main(["run", "--stage", "evaluate", *args, *FAST, "--set", "train.method=mea"]) == 0
+    document = json.loads((run / "evaluate" / "mea" / "metrics.json").read_text())
+    refit = document["experts"]["mix_agreement_per_profile"]
+    assert refit["weights"]["as_is"] == calibration["agreement_weights"]
+    assert refit["mAP"] == pytest.approx(document["experts"]["mix_agreement"]["mAP"], abs=1e-6)
+    assert set(refit["weights"]) == {"as_is", "uniform", "long_tailed", "inverse"}
 
 
 @pytest.mark.parametrize("stream, mode", [("bal", "cbs"), ("inv", "inv")])

@@ -15,7 +15,8 @@ from train import methods
 from train.checkpoints import load
 from train.config import MedcConfig, MoveConfig, TrainConfig
 from evaluate.metrics import average_precision
-from train.ensembles import choose_expert_weights, combine_experts, simplex_grid
+from evaluate.agreement import simplex_grid
+from train.ensembles import choose_expert_weights, combine_experts
 from train.medc import (
     Medc,
     anchors_with_positives,
