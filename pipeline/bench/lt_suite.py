@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from evaluate.report import aggregate, collect, report_markdown
+from evaluate.report import aggregate, collect, metrics_files, report_markdown
 from manifests.errors import UserError
 from manifests.files import write_text_atomic
 from manifests.markdown import markdown_table
@@ -46,6 +47,39 @@ def variant_table(work_dir: Path) -> pd.DataFrame:
     repeated = table["method"].duplicated(keep=False)
     table.loc[repeated, "method"] = table["method"][repeated] + " [" + table["config_id"][repeated] + "]"
     return table
+
+
+def weighting_table(work_dir: Path) -> pd.DataFrame:
+    """The expert weightings (``mix_*`` entries of an ensemble's experts, e.g. MEA's mean / val / agreement
+    and the agreement refitted per test profile) of every evaluated run in ``work_dir``: mean and std over
+    seeds of overall and tail mAP and of mAP on each test profile; empty when no run has one."""
+    rows = []
+    for path in metrics_files(Path(work_dir)):
+        document = json.loads(path.read_text())
+        method = document.get("run", {}).get("method", "predictions")
+        for name, values in document.get("experts", {}).items():
+            if name.startswith("mix_"):
+                rows.append({"method": method, "weighting": name[len("mix_"):], "mAP": values["mAP"],
+                             "tail": values["tail"], **{f"mAP[{p}]": v["mAP"] for p, v in values["profiles"].items()
+                                                        if p != "as_is"}})
+    if not rows:
+        return pd.DataFrame()
+    grouped = pd.DataFrame(rows).groupby(["method", "weighting"], sort=False)
+    table = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
+    table["runs"] = grouped.size()
+    return table.reset_index()
+
+
+def weighting_markdown(table: pd.DataFrame) -> str:
+    """:func:`weighting_table` as markdown, ``mean ± std`` where several seeds exist."""
+    values = [c[:-5] for c in table.columns if c.endswith("_mean")]
+    rows = [[r["method"], r["weighting"], r["runs"],
+             *(f"{r[f'{c}_mean']:.3f}" + (f" ± {r[f'{c}_std']:.3f}" if r["runs"] > 1 else "") for c in values)]
+            for _, r in table.iterrows()]
+    return ("Each ensemble's expert weightings scored on the same test videos: `mean` uniform, `val` chosen on "
+            "the selection split, `agreement` chosen without labels on the whole test set, "
+            "`agreement_per_profile` refitted without labels on each test profile.\n\n"
+            + markdown_table(["Method", "Weighting", "Runs", "Overall", "Tail", *values[2:]], rows, compact=True))
 
 
 def rank_summary(tables: dict, metric: str = "mAP") -> pd.DataFrame:
@@ -98,6 +132,9 @@ def write_suite_report(root: Path, variants) -> str:
         parts.append(f"## Rank summary: {title} mAP\n\n" + summary_markdown(rank_summary(tables, metric), title))
     for variant, table in tables.items():
         parts.append(f"## {variant}\n\n" + report_markdown(table))
+        weightings = weighting_table(Path(root) / variant)
+        if not weightings.empty:
+            parts.append(f"### {variant}: expert weightings\n\n" + weighting_markdown(weightings))
     text = "\n\n".join(parts) + "\n"
     write_text_atomic(Path(root) / "suite.md", text)
     return text

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from pipeline.cli import main
-from pipeline.bench.lt_suite import rank_summary, summary_markdown
+from pipeline.bench.lt_suite import rank_summary, summary_markdown, weighting_markdown, weighting_table
 
 TINY = ["--set", "dataset.synthetic.num_classes=8", "--set", "dataset.synthetic.max_per_class=12",
         "--set", "dataset.synthetic.dim=12", "--set", "dataset.synthetic.frames_min=4",
@@ -41,6 +41,33 @@ def test_a_method_missing_from_a_variant_is_shown_as_a_dash():
     assert "| b | **0.600 (1)** | – | 1.0 |" in summary_markdown(summary, "overall")
 
 
+def _metrics(folder, method, seed, experts):
+    folder.mkdir(parents=True)
+    profile = {"as_is": {"mAP": 0.0}, "uniform": {"mAP": 0.0}}
+    document = {"run": {"method": method, "seed": seed}, "metrics": {"mAP": 0.0, "tail": 0.0},
+                "experts": {name: {"mAP": m, "tail": t, "profiles": {**profile, "uniform": {"mAP": u}}}
+                            for name, (m, t, u) in experts.items()}}
+    (folder / "metrics.json").write_text(json.dumps(document))
+
+
+def test_expert_weightings_are_averaged_over_seeds_by_hand(tmp_path):
+    evaluate = tmp_path / "evaluate"
+    _metrics(evaluate / "mea-seed1", "mea", 1, {"lt": (0.1, 0.1, 0.1), "mix_mean": (0.50, 0.20, 0.40),
+                                                  "mix_agreement": (0.60, 0.30, 0.45)})
+    _metrics(evaluate / "mea-seed2", "mea", 2, {"lt": (0.1, 0.1, 0.1), "mix_mean": (0.54, 0.22, 0.44),
+                                                  "mix_agreement": (0.60, 0.34, 0.55)})
+    _metrics(evaluate / "medc-seed1", "medc", 1, {"lt": (0.2, 0.2, 0.2)})  # no mix: not listed
+    table = weighting_table(tmp_path)
+    assert table[["method", "weighting", "runs"]].values.tolist() == [["mea", "mean", 2], ["mea", "agreement", 2]]
+    row = table.iloc[0]
+    assert row["mAP_mean"] == pytest.approx(0.52) and row["mAP_std"] == pytest.approx(0.02 * 2 ** 0.5)
+    assert table.iloc[1]["mAP[uniform]_mean"] == pytest.approx(0.50) and "mAP[as_is]_mean" not in table
+    text = weighting_markdown(table)
+    assert "| Method | Weighting | Runs | Overall | Tail | mAP[uniform] |" in text
+    assert "| mea | agreement | 2 | 0.600 ± 0.000 | 0.320 ± 0.028 | 0.500 ± 0.071 |" in text
+    assert weighting_table(tmp_path / "evaluate" / "medc-seed1").empty
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_suite_runs_every_variant_and_ranks_from_the_runs(tmp_path, capsys):
@@ -63,6 +90,9 @@ def test_suite_runs_every_variant_and_ranks_from_the_runs(tmp_path, capsys):
             row = re.search(rf"^\| {method} \| (.*)$", overall, re.M).group(1).split(" | ")
             assert f"{value:.3f} ({1 if method == best else 2})" in row[column]
         assert f"## {variant}\n" in text
+        weightings = text.split(f"### {variant}: expert weightings")[1].split("##")[0]
+        for weighting in ("mean", "val", "agreement", "agreement_per_profile"):
+            assert f"| mea | {weighting} | 2 |" in weightings
     # a second call finds every run finished and only rewrites the report
     assert main([*argv, "--report-only"]) == 0
     assert (work / "suite.md").read_text() == text
