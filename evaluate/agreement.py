@@ -57,4 +57,5 @@ def mix_logits(logits: np.ndarray, weights) -> np.ndarray:
     """The logit of the weighted probability average of stacked per-expert logits (E, N, C), in float64:
     ``log(sum_e w_e sigmoid(s_e)) - log(sum_e w_e sigmoid(-s_e))``, exact where probabilities saturate."""
     w = np.asarray(weights, dtype=np.float64).reshape(-1, 1, 1)
-    return np.log((w * sigmoid(logits)).sum(axis=0)) - np.log((w * sigmoid(-np.asarray(logits, np.float64))).sum(axis=0))
+    s = np.asarray(logits, dtype=np.float64)
+    return np.log((w * sigmoid(s)).sum(axis=0)) - np.log((w * sigmoid(-s)).sum(axis=0))

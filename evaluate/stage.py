@@ -171,8 +171,8 @@ def run_evaluate(cfg: EvaluateConfig, split_dir: Path, predictions: Path, stage_
     by_expert = {}
     for name, values in loaded.experts.items():
         result, expert_profiles = score_with_profiles(cfg, aligned(values), targets, counts, head, tail)
-        by_expert[name] = {**metrics.scalars(result),
-                           "profiles": {p: {k: v for k, v in d.items() if k != "labels"} for p, d in expert_profiles.items()}}
+        by_expert[name] = {**metrics.scalars(result), "profiles": {
+            p: {k: v for k, v in d.items() if k != "labels"} for p, d in expert_profiles.items()}}
     if loaded.views:
         views = {e: (aligned(a), aligned(b)) for e, (a, b) in loaded.views.items()}
         by_expert[PROFILE_AGREEMENT] = agreement_per_profile(

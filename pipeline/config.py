@@ -286,8 +286,6 @@ def run_settings(cfg: Config) -> RunSettings:
     return RunSettings(train, sections, cfg.seed)
 
 
-
-
 def schedule_report(cfg: Config, sources: dict) -> list:
     """Lines for ``pipeline config``: the effective schedule of each run (runs that share one on one line),
     every value with the config key it comes from and where that key was set (default, file, --set)."""

@@ -83,8 +83,8 @@ def run_train(run: RunSettings, extract_dir: Path, split_dir: Path, run_dir: Pat
         views["view_step"] = recipe.view_step
     test = trainer.splits["test"]
     with atomic_path(Path(run_dir) / tables.PREDICTIONS) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, scores=scores_for_metrics(logits, cfg), video_ids=np.array(test.video_ids, dtype=str), method=method,
-                 select_on=cfg.select_on, seed=seed, scores_kind=scores_kind(cfg), **experts, **views)
+        np.savez(handle, scores=scores_for_metrics(logits, cfg), video_ids=np.array(test.video_ids, dtype=str),
+                 method=method, select_on=cfg.select_on, seed=seed, scores_kind=scores_kind(cfg), **experts, **views)
     summary = {"method": method, "head": cfg.head, "best_epoch": best["epoch"], "select_on": cfg.select_on,
                "selection_metrics": {k: v for k, v in best.items() if k != "epoch"}, "mAP": best["mAP"],
                "epochs": cfg.epochs, "resumed": resumed, "feature_cache": bank.cache,
