@@ -127,8 +127,8 @@ class MeaConfig(BaseModel):
     trunk: Literal["lt", "all"] = Field("all", description="whose loss trains the shared trunk: the lt expert's only "
                                         "(lt expert and trunk = Baseline + Agg) or every expert's")
     inference: Literal["mean", "val", "agreement"] = Field(
-        "agreement", description="expert weights: uniform, chosen on the selection split, or chosen without labels "
-        "from the agreement of two views of each test video")
+        "mean", description="expert weights of the scores: uniform, chosen on the selection split, or chosen without "
+        "labels from the agreement of two views of each test video (all three are reported as mix_*)")
     step: float = Field(0.1, gt=0, le=1, description="grid step of the val / agreement expert weights")
     save_views: bool = Field(True, description="write each expert's logits on the two views of every test video "
                              "into predictions.npz (2 x experts x videos x classes float32), so evaluate refits "

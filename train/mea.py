@@ -4,8 +4,8 @@ The ``lt`` expert is ``<mea.lt_method>+aggregators`` itself (same initial weight
 draws); the ``bal`` / ``inv`` experts are classifiers on the same trunk, each trained on its own
 class-balanced / inverse-frequency batch stream (FrameStack-mixed). ``mea.trunk=all`` lets every expert
 train the trunk; ``lt`` keeps trunk and lt expert exactly ``<lt_method>+aggregators``. The experts'
-probabilities are averaged with weights chosen without labels on the test videos (``agreement``), on
-the selection split (``val``) or uniform (``mean``). Details: docs/methods.md (MEA).
+probabilities are averaged with uniform weights (``mean``, the default), weights chosen on the selection
+split (``val``) or without labels on the test videos (``agreement``). Details: docs/methods.md (MEA).
 """
 from __future__ import annotations
 

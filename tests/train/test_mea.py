@@ -43,8 +43,8 @@ def test_lt_expert_is_its_method_on_the_aggregators_head_bit_for_bit(tmp_path, f
     summary = json.loads((run / "train" / "mea" / "manifest.json").read_text())["summary"]["calibration"]
     for key in ("val_weights", "agreement_weights"):
         assert sum(summary[key].values()) == pytest.approx(1.0)
-    # the scores are the agreement mix (the default inference)
-    assert np.array_equal(mea["scores"], mea["expert_mix_agreement"])
+    # the scores are the uniform mix (the default inference)
+    assert np.array_equal(mea["scores"], mea["expert_mix_mean"])
 
 
 def test_test_labels_are_never_read_by_the_agreement(tmp_path, feature_work_dir, monkeypatch):
@@ -70,7 +70,7 @@ def test_test_labels_are_never_read_by_the_agreement(tmp_path, feature_work_dir,
     monkeypatch.setattr(loop, "predict", checked_predict)
     run = tmp_path / "run"
     args = feature_work_dir(run)
-    _train(run, args, "--set", "train.method=mea")
+    _train(run, args, "--set", "train.method=mea", "--set", "mea.inference=agreement")
     assert seen == [True]
     calibration = json.loads((run / "train" / "mea" / "manifest.json").read_text())["summary"]["calibration"]
     assert set(calibration["agreement_weights"]) == {"lt", "bal", "inv"}
@@ -81,12 +81,15 @@ def test_test_labels_are_never_read_by_the_agreement(tmp_path, feature_work_dir,
         assert float(saved["view_step"]) == 0.1 and str(saved["scores_kind"]) == "logits"
         for expert in ("lt", "bal", "inv"):
             assert saved[f"view_a_{expert}"].shape == saved[f"view_b_{expert}"].shape == saved["scores"].shape
-    assert main(["run", "--stage", "evaluate", *args, *FAST, "--set", "train.method=mea"]) == 0
+    assert main(["run", "--stage", "evaluate", *args, *FAST, "--set", "train.method=mea", "--set",
+                 "mea.inference=agreement"]) == 0
     document = json.loads((run / "evaluate" / "mea" / "metrics.json").read_text())
     refit = document["experts"]["mix_agreement_per_profile"]
     assert refit["weights"]["as_is"] == calibration["agreement_weights"]
     assert refit["mAP"] == pytest.approx(document["experts"]["mix_agreement"]["mAP"], abs=1e-6)
     assert set(refit["weights"]) == {"as_is", "uniform", "long_tailed", "inverse"}
+    with np.load(run / "train" / "mea" / "predictions.npz") as saved:  # mea.inference picks the scores
+        assert np.array_equal(saved["scores"], saved["expert_mix_agreement"])
 
 
 @pytest.mark.parametrize("stream, mode", [("bal", "cbs"), ("inv", "inv")])
