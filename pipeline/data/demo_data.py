@@ -463,7 +463,9 @@ def _distractor_segment(n: int, rng: np.random.Generator, size: int, yy, xx):
 
 
 def _encode(path: Path, pixels: np.ndarray, fps: int) -> None:
-    """Write frames as H.264 mp4 (yuv420p, constant fps, no B-frames)."""
+    """Write frames as H.264 mp4 (yuv420p, constant fps, no B-frames), the same bytes every time: one
+    thread and no macroblock-tree rate control (with mb-tree, x264 gave a few of the ~400 demo videos
+    different bytes from run to run while other processes were busy; docs/decisions.md)."""
     import av
 
     with av.open(str(path), mode="w", format="mp4") as container:
@@ -474,7 +476,7 @@ def _encode(path: Path, pixels: np.ndarray, fps: int) -> None:
         stream.time_base = Fraction(1, fps)
         stream.codec_context.thread_count = 1
         stream.options = {"crf": "20", "preset": "veryfast",
-                          "x264-params": f"bframes=0:keyint={max(1, len(pixels))}:threads=1"}
+                          "x264-params": f"bframes=0:keyint={max(1, len(pixels))}:threads=1:mbtree=0"}
         for i, img in enumerate(pixels):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
             frame.pts = i
