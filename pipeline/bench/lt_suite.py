@@ -114,7 +114,7 @@ def summary_markdown(summary: pd.DataFrame, metric: str) -> str:
             cells.append(f"**{text}**" if cell[2] else text)
         rows.append([method, *cells, f"{row['mean_rank']:.1f}"])
     return markdown_table(["Method", *variants, "Mean rank"], rows, compact=True) + (
-        f"{metric} mAP, mean over seeds (rank in the variant); bold: within one std of the variant's best.\n")
+        f"\n{metric} mAP, mean over seeds (rank in the variant); bold: within one std of the variant's best.\n")
 
 
 def write_suite_report(root: Path, variants) -> str:
