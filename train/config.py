@@ -130,9 +130,10 @@ class MeaConfig(BaseModel):
         "mean", description="expert weights of the scores: uniform, chosen on the selection split, or chosen without "
         "labels from the agreement of two views of each test video (all three are reported as mix_*)")
     step: float = Field(0.1, gt=0, le=1, description="grid step of the val / agreement expert weights")
-    save_views: bool = Field(True, description="write each expert's logits on the two views of every test video "
-                             "into predictions.npz (2 x experts x videos x classes float32), so evaluate refits "
-                             "the agreement weights on each test profile")
+    save_views: bool = Field(False, description="write each expert's logits on the two views of every test video "
+                             "into predictions.npz (2 x experts x videos x classes float32: ~1.2 GB on VideoLT's test "
+                             "set), so evaluate refits the agreement weights on each test profile; on in the lt_bench "
+                             "configs")
 
 
 class MedcConfig(BaseModel):

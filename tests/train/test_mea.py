@@ -38,6 +38,7 @@ def test_lt_expert_is_its_method_on_the_aggregators_head_bit_for_bit(tmp_path, f
     baseline = np.load(run / "train" / f"{lt_method}+aggregators" / "predictions.npz")
     mea = np.load(run / "train" / "mea" / "predictions.npz")
     assert np.array_equal(baseline["scores"], mea["expert_lt"])
+    assert not any(name.startswith("view_") for name in mea.files)  # mea.save_views is off by default
     for name in ("bal", "inv", "mix_mean", "mix_val", "mix_agreement"):
         assert mea[f"expert_{name}"].shape == baseline["scores"].shape
     summary = json.loads((run / "train" / "mea" / "manifest.json").read_text())["summary"]["calibration"]
@@ -70,7 +71,7 @@ def test_test_labels_are_never_read_by_the_agreement(tmp_path, feature_work_dir,
     monkeypatch.setattr(loop, "predict", checked_predict)
     run = tmp_path / "run"
     args = feature_work_dir(run)
-    _train(run, args, "--set", "train.method=mea", "--set", "mea.inference=agreement")
+    _train(run, args, "--set", "train.method=mea", "--set", "mea.inference=agreement", "--set", "mea.save_views=true")
     assert seen == [True]
     calibration = json.loads((run / "train" / "mea" / "manifest.json").read_text())["summary"]["calibration"]
     assert set(calibration["agreement_weights"]) == {"lt", "bal", "inv"}
@@ -82,7 +83,7 @@ def test_test_labels_are_never_read_by_the_agreement(tmp_path, feature_work_dir,
         for expert in ("lt", "bal", "inv"):
             assert saved[f"view_a_{expert}"].shape == saved[f"view_b_{expert}"].shape == saved["scores"].shape
     assert main(["run", "--stage", "evaluate", *args, *FAST, "--set", "train.method=mea", "--set",
-                 "mea.inference=agreement"]) == 0
+                 "mea.inference=agreement", "--set", "mea.save_views=true"]) == 0
     document = json.loads((run / "evaluate" / "mea" / "metrics.json").read_text())
     refit = document["experts"]["mix_agreement_per_profile"]
     assert refit["weights"]["as_is"] == calibration["agreement_weights"]
